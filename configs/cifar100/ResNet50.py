@@ -1,0 +1,13 @@
+"""CIFAR-100 ResNet50 trained with cross-entropy only (a teacher, or the student baseline).
+
+    python -m afd_jax.main --config=configs/cifar100/ResNet50.py --workdir=runs/cifar100/ResNet50
+
+Schedule: SGD momentum 0.9, lr 0.05, wd 5e-4, batch 64, 240 epochs, x0.1 at epochs
+150/180/210. Distillation configs load the teacher from runs/cifar100/ResNet50 (its best
+checkpoint). Expected CIFAR-100 test top-1: about 79.34 % (CRD (Tian et al., ICLR 2020) Table 1/2, mean of runs).
+"""
+from afd_jax import config_defaults
+
+
+def get_config():
+  return config_defaults.teacher_config("ResNet50")
