@@ -1,0 +1,157 @@
+"""The training loop: multi-device equivalence, exact resume, teachers, logs, bad input."""
+import functools
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from afd_jax import checkpointing, config_defaults, train
+
+
+def tiny_config(data_dir, model="resnet8", **overrides) -> ml_collections.ConfigDict:
+  """digits, 64 training images, batch 16 -> 4 steps per epoch, 2 epochs."""
+  c = config_defaults.digits_config()
+  c.data.data_dir = data_dir
+  c.data.num_train_examples = 64
+  c.model.name = model
+  c.batch_size = 16
+  c.eval_batch_size = 120
+  c.num_devices = 1
+  c.schedule.num_epochs = 2
+  c.logging.update(dict(log_every_steps=2, progress_bar=False))
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def distill(c, teacher_dir, method="kd", teacher="resnet8"):
+  c.teacher.name = teacher
+  c.teacher.checkpoint = teacher_dir
+  c.method = ml_collections.ConfigDict(dict(name=method))
+  return c
+
+
+def read_state(workdir, sub="checkpoints"):
+  d = os.path.join(workdir, sub)
+  step = max(int(s) for s in os.listdir(d) if s.isdigit())
+  return step, ocp.StandardCheckpointer().restore(os.path.join(d, str(step), "state"))
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(digits_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  result = train.train_and_evaluate(tiny_config(digits_data_dir), workdir)
+  assert result["step"] == 8
+  return workdir
+
+
+def test_teacher_run_writes_checkpoints_logs_and_config(teacher_dir):
+  assert sorted(os.listdir(os.path.join(teacher_dir, "checkpoints"))) == ["4", "8"]
+  assert len(os.listdir(os.path.join(teacher_dir, "best"))) == 1
+  with open(os.path.join(teacher_dir, "metrics.jsonl")) as f:
+    lines = [json.loads(line) for line in f]
+  assert any("eval/top1" in l for l in lines) and any("train/loss" in l for l in lines)
+  assert all(np.isfinite(l["train/loss"]) for l in lines if "train/loss" in l)
+  assert os.listdir(os.path.join(teacher_dir, "tensorboard"))
+  with open(os.path.join(teacher_dir, "config.json")) as f:
+    assert json.load(f)["model"]["name"] == "resnet8"
+  with open(os.path.join(teacher_dir, "result.json")) as f:
+    assert 0.0 <= json.load(f)["top1"] <= 100.0
+
+
+def test_stop_and_resume_equals_uninterrupted(digits_data_dir, teacher_dir, tmp_path):
+  """KD student: stop at step 3 (mid-epoch), resume, finish == one uninterrupted run."""
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(distill(tiny_config(digits_data_dir), teacher_dir), straight)
+  resumed = str(tmp_path / "resumed")
+  first = train.train_and_evaluate(
+      distill(tiny_config(digits_data_dir, max_steps=3), teacher_dir), resumed)
+  assert first["step"] == 3
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    n_lines_before = len(f.readlines())
+  second = train.train_and_evaluate(distill(tiny_config(digits_data_dir), teacher_dir),
+                                    resumed)
+  assert second["step"] == 8 and "teacher_top1" in second
+  (step_a, a), (step_b, b) = read_state(straight), read_state(resumed)
+  assert step_a == step_b == 8
+  chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    assert len(f.readlines()) > n_lines_before  # the rerun appended, nothing lost
+  # a finished run, rerun, trains nothing more and keeps its checkpoints
+  again = train.train_and_evaluate(distill(tiny_config(digits_data_dir), teacher_dir),
+                                   resumed)
+  assert again["step"] == 8
+  chex.assert_trees_all_close(read_state(resumed)[1], b)
+
+
+def _one_step(config, mesh_devices, batch, teacher_vars):
+  nets = train.build_networks(config, num_classes=10, steps_per_epoch=4)
+  mesh = train.make_mesh(mesh_devices)
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  state = jax.jit(functools.partial(train.init_state, nets, image_size=32),
+                  out_shardings=repl)(jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(train.train_step, nets),
+                 in_shardings=(repl, data, repl), out_shardings=(repl, repl))
+  state, metrics = step(state, jax.device_put(batch, data),
+                        jax.device_put(teacher_vars, repl))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_eight_devices_equal_one_device():
+  assert jax.local_device_count() == 8
+  c = config_defaults.digits_config()
+  c.model.name = "resnet8"
+  c.teacher.name = "resnet14"
+  c.method = ml_collections.ConfigDict(dict(name="at", kd_weight=0.5))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+           "label": rng.integers(0, 10, 16).astype(np.int32)}
+  teacher = train.build_networks(c, 10, 4).teacher
+  teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False)
+  one, m1 = _one_step(c, 1, batch, teacher_vars)
+  eight, m8 = _one_step(c, 8, batch, teacher_vars)
+  chex.assert_trees_all_close(one.params, eight.params, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(one.batch_stats, eight.batch_stats, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+
+
+def test_bad_configs_raise_clear_errors(digits_data_dir, teacher_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"'resnet9'.*resnet8"):
+    train.train_and_evaluate(tiny_config(digits_data_dir, model="resnet9"), str(tmp_path / "a"))
+  c = tiny_config(digits_data_dir, num_devices=8)
+  c.batch_size = 12
+  with pytest.raises(ValueError, match=r"batch_size=12 .* 8 devices"):
+    train.train_and_evaluate(c, str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="num_devices=99"):
+    train.train_and_evaluate(tiny_config(digits_data_dir, num_devices=99), str(tmp_path / "c"))
+  c = tiny_config(digits_data_dir)
+  c.schedule.name = "linear"
+  with pytest.raises(ValueError, match=r"'linear'.*'step', 'cosine'"):
+    train.train_and_evaluate(c, str(tmp_path / "d"))
+  with pytest.raises(checkpointing.CheckpointError, match="no teacher checkpoint"):
+    train.train_and_evaluate(distill(tiny_config(digits_data_dir), str(tmp_path / "none")),
+                             str(tmp_path / "e"))
+  with pytest.raises(checkpointing.CheckpointError, match="does not fit model 'resnet14'"):
+    train.train_and_evaluate(
+        distill(tiny_config(digits_data_dir), teacher_dir, teacher="resnet14"),
+        str(tmp_path / "f"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(digits_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(digits_data_dir, max_steps=4), workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "4", "state")
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpointing.CheckpointError, match="cannot resume from checkpoint"):
+    train.train_and_evaluate(tiny_config(digits_data_dir), workdir)
+  assert os.path.isdir(state_dir)  # nothing deleted
