@@ -269,8 +269,8 @@ class Evaluator:
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
     n = max(float(totals["count"]), 1.0)
-    return {"top1": 100.0 * totals["correct1"] / n, "top5": 100.0 * totals["correct5"] / n,
-            "loss": totals["loss"] / n}
+    return {"top1": float(100.0 * totals["correct1"] / n),
+            "top5": float(100.0 * totals["correct5"] / n), "loss": float(totals["loss"] / n)}
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -1,7 +1,22 @@
 """Shared test setup: 8 fake CPU devices (set before jax is imported anywhere)."""
 import os
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir with the offline `digits` dataset prepared (once per session)."""
+  # Imported lazily: test files that never use the data do not pay for TensorFlow.
+  import tensorflow_datasets as tfds
+  import afd_jax.datasets  # registers `digits`
+
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  tfds.builder("digits", data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir

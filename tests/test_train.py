@@ -25,7 +25,7 @@ def tiny_config(data_dir, model="resnet8", **overrides) -> ml_collections.Config
   c.eval_batch_size = 120
   c.num_devices = 1
   c.schedule.num_epochs = 2
-  c.logging.update(dict(log_every_steps=2, progress_bar=False))
+  c.logging.update(dict(log_every_steps=2, progress_bar=False, keep_checkpoints=3))
   for k, v in overrides.items():
     c[k] = v
   return c

@@ -10,6 +10,11 @@ The zoo mirrors PyTorch models, so these helpers reproduce PyTorch's layer seman
 * Dense layers use PyTorch's ``nn.Linear`` default, uniform(+-1/sqrt(fan_in)) for both
   weight and bias.
 
+One scheme serves every model, although some zoo files differ slightly (its ShuffleNets
+keep PyTorch's default conv init; its VGG/MobileNetV2 classifiers draw N(0, 0.01) with
+zero bias, its WRN classifier a zero bias); architectures and parameter counts are
+unaffected.
+
 Parameters are always float32; ``dtype`` is the computation dtype.
 
 These constructors are called inside a parent's ``@nn.compact`` method, so the returned
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-# PyTorch kaiming_normal_(mode='fan_out', nonlinearity='relu'): std = sqrt(2 / (k*k*C_out)).
+# PyTorch kaiming_normal_(mode='fan_out', nonlinearity='relu'): std = sqrt(2/(k*k*C_out)).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch nn.Linear default weight init: uniform with bound 1/sqrt(fan_in).
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

@@ -187,7 +187,8 @@ def resnet(depth: int, num_classes: int, *, imagenet: bool,
     dtype: computation dtype.
   """
   if depth not in _RESNET_LAYOUTS:
-    raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}.")
+    raise ValueError(
+        f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}.")
   block_cls, stage_sizes = _RESNET_LAYOUTS[depth]
   return ResNet(block_cls, stage_sizes, (64, 128, 256, 512), 64, num_classes,
                 imagenet_stem=imagenet, dtype=dtype)

@@ -1,0 +1,77 @@
+"""Model zoo: the CIFAR knowledge-distillation architectures and torchvision ResNets.
+
+``get_model(name, num_classes)`` builds a Flax module with ``__call__(x, train)`` mapping
+NHWC images (B, H, W, 3) to float32 logits (B, num_classes) and sowing its features into
+the flat ``'intermediates'`` collection under the names of `features.py`; read them with
+``feature_list(variables['intermediates'])``. Parameter counts match the PyTorch
+originals.
+
+Families and their stages (each module docstring has the details):
+
+* ``resnet8 .. resnet110``, ``resnet8x4``, ``resnet32x4`` (`resnet.py`): 3 stages.
+* ``resnet18``, ``resnet34``, ``ResNet50`` (CIFAR stem) and ``resnet*_imagenet``
+  (`resnet.py`): 4 stages.
+* ``wrn_{depth}_{k}`` (`wide_resnet.py`): 3 stages, pre-activation features.
+* ``vgg8 .. vgg19`` (`vgg.py`, all with BN): 5 stages = the conv groups, no stem.
+* ``MobileNetV2`` (`mobilenet_v2.py`, width 0.5): 4 stages as CRD's feature taps.
+* ``ShuffleV1``, ``ShuffleV2`` (`shufflenet.py`): 3 stages.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from afd_jax.models.features import feature_list
+from afd_jax.models.mobilenet_v2 import MobileNetV2
+from afd_jax.models.resnet import cifar_resnet, resnet
+from afd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from afd_jax.models.vgg import vgg
+from afd_jax.models.wide_resnet import WideResNet
+
+__all__ = ["MODEL_NAMES", "feature_list", "get_model"]
+
+_p = functools.partial
+# Each constructor takes (num_classes, dtype=...).
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    **{f"resnet{d}": _p(cifar_resnet, d) for d in (8, 14, 20, 32, 44, 56, 110)},
+    "resnet8x4": _p(cifar_resnet, 8, wide=True),
+    "resnet32x4": _p(cifar_resnet, 32, wide=True),
+    **{f"wrn_{d}_{k}": _p(WideResNet, d, k)
+       for d, k in ((16, 1), (16, 2), (28, 2), (40, 1), (40, 2))},
+    **{f"vgg{d}": _p(vgg, d) for d in (8, 11, 13, 16, 19)},
+    "MobileNetV2": MobileNetV2,
+    "ShuffleV1": ShuffleNetV1,
+    "ShuffleV2": ShuffleNetV2,
+    "ResNet50": _p(resnet, 50, imagenet=False),
+    "resnet18": _p(resnet, 18, imagenet=False),
+    "resnet34": _p(resnet, 34, imagenet=False),
+    "resnet18_imagenet": _p(resnet, 18, imagenet=True),
+    "resnet34_imagenet": _p(resnet, 34, imagenet=True),
+    "resnet50_imagenet": _p(resnet, 50, imagenet=True),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_model(name: str, num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
+  """Builds the model called ``name``.
+
+  Args:
+    name: one of `MODEL_NAMES` (case-sensitive, e.g. ``'resnet20'``, ``'wrn_40_2'``,
+      ``'MobileNetV2'``, ``'resnet18_imagenet'``).
+    num_classes: classifier outputs.
+    dtype: computation dtype; parameters stay float32 and logits are float32.
+
+  Returns:
+    a module applied as ``model.apply(variables, x, train=...)`` with x (B, H, W, 3).
+
+  Raises:
+    ValueError: for an unknown name; the message lists the accepted names.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(
+        f"Unknown model name {name!r}; accepted names: {', '.join(MODEL_NAMES)}.")
+  return _REGISTRY[name](num_classes, dtype=dtype)

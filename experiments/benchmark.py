@@ -1,0 +1,113 @@
+"""Train-step speed of distillation methods on one teacher/student pair.
+
+    python experiments/benchmark.py                      # wrn_40_2 -> wrn_16_2, batch 64
+    python experiments/benchmark.py --methods=kd,afd --steps=50 --out=runs/bench.json
+
+For each method: the real jitted train step of `afd_jax.train` (teacher forward, student
+forward/backward, method loss, SGD update) on synthetic CIFAR-100-shaped data over all
+local devices. Compile time is measured apart; after `--warmup` steps, the median and
+interquartile range of `--steps` individually timed steps (each waited for with
+`block_until_ready`) are reported, with images/s at the median. Prints a table and writes
+JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import numpy as np  # noqa: E402
+
+from afd_jax import config_defaults, train  # noqa: E402
+
+NUM_CLASSES = 100
+
+
+def bench_method(method: str, args) -> dict:
+  """Times the train step of one method; returns its row of the table."""
+  if method == "none":
+    config = config_defaults.teacher_config(args.student)
+  else:
+    config = config_defaults.distill_config(args.teacher, args.student, method)
+  config.model.dtype = args.dtype
+  nets = train.build_networks(config, NUM_CLASSES, steps_per_epoch=782)
+  mesh = train.make_mesh(None)
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  state = jax.jit(functools.partial(train.init_state, nets, image_size=32),
+                  out_shardings=repl)(jax.random.PRNGKey(0))
+  teacher_vars = None
+  if nets.teacher is not None:
+    teacher_vars = jax.device_put(
+        nets.teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False), repl)
+  rng = np.random.default_rng(0)
+  batch = jax.device_put(
+      {"image": rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32),
+       "label": rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32)}, data)
+  step = jax.jit(functools.partial(train.train_step, nets),
+                 in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch, teacher_vars).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, batch, teacher_vars)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, teacher_vars)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  ms = np.asarray(times) * 1e3
+  med = float(np.median(ms))
+  return {"method": method, "compile_s": compile_s, "median_ms": med,
+          "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
+          "images_per_s": args.batch / (med / 1e3), "steps": args.steps,
+          "loss": float(metrics["loss"])}
+
+
+def main(argv=None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--teacher", default="wrn_40_2")
+  parser.add_argument("--student", default="wrn_16_2")
+  parser.add_argument("--methods", default="none,kd,afd,at,fitnet,tat,aft_kd,hmat")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--out", default="runs/benchmark.json")
+  args = parser.parse_args(argv)
+  device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
+  print(f"{args.teacher} -> {args.student}, global batch {args.batch}, {args.dtype}, "
+        f"{device}, jax {jax.__version__}", flush=True)
+  rows = []
+  for method in [m for m in args.methods.split(",") if m]:
+    rows.append(bench_method(method, args))
+    print(f"  {method}: {rows[-1]['median_ms']:.1f} ms/step", flush=True)
+  kd = next((r for r in rows if r["method"] == "kd"), None)
+  print(f"\n| method | ms/step (median) | IQR ms | images/s | compile s | × KD |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    ratio = f"{r['median_ms'] / kd['median_ms']:.2f}" if kd else "-"
+    print(f"| {r['method']} | {r['median_ms']:.1f} | {r['p25_ms']:.1f}–{r['p75_ms']:.1f} | "
+          f"{r['images_per_s']:.0f} | {r['compile_s']:.1f} | {ratio} |")
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w", encoding="utf-8") as f:
+    json.dump({"teacher": args.teacher, "student": args.student, "batch": args.batch,
+               "dtype": args.dtype, "device": device, "host": platform.node(),
+               "jax": jax.__version__, "rows": rows}, f, indent=2)
+  print(f"wrote {args.out}")
+  return rows
+
+
+if __name__ == "__main__":
+  main()
