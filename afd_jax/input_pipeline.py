@@ -72,7 +72,7 @@ def _resize(image: tf.Tensor, height, width) -> tf.Tensor:
 
 
 def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int,
-                  padding: int = CIFAR_PADDING) -> tf.Tensor:
+                  padding: int = CIFAR_PADDING, flip: bool = True) -> tf.Tensor:
   """CIFAR augmentation: zero-pad by `padding`, random `image_size` crop, random h-flip.
 
   Same as torchvision's ``RandomCrop(image_size, padding=4)`` + ``RandomHorizontalFlip``.
@@ -82,6 +82,7 @@ def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int,
     seed: int (2,) stateless seed.
     image_size: output side.
     padding: zero border added on each side before cropping.
+    flip: whether to flip horizontally with probability 1/2.
 
   Returns:
     float32 (image_size, image_size, 3) in [0, 255]; the padding is black (0).
@@ -90,7 +91,7 @@ def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int,
   image = _resize(image, image_size, image_size)
   image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
   image = tf.image.stateless_random_crop(image, (image_size, image_size, 3), seed=crop_seed)
-  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed) if flip else image
 
 
 def random_resized_crop_flip(image_bytes: tf.Tensor, seed: tf.Tensor,
@@ -182,9 +183,9 @@ class Preprocessing:
   default_image_size: int
 
 
-def _cifar_style(mean, std) -> Preprocessing:
+def _cifar_style(mean, std, flip: bool = True) -> Preprocessing:
   return Preprocessing(
-      train=lambda b, seed, size: pad_crop_flip(_decode(b), seed, size),
+      train=lambda b, seed, size: pad_crop_flip(_decode(b), seed, size, flip=flip),
       eval=lambda b, size: _resize(_decode(b), size, size),
       mean=mean, std=std, default_image_size=32)
 
@@ -197,7 +198,8 @@ IMAGENET_PREPROCESSING = Preprocessing(
 PREPROCESSING: dict[str, Preprocessing] = {
     "cifar10": _cifar_style(CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": _cifar_style(CIFAR100_MEAN, CIFAR100_STD),
-    "digits": _cifar_style(DIGITS_MEAN, DIGITS_STD),
+    # Digits are not mirror-symmetric (a flipped 2 is no digit): crop only.
+    "digits": _cifar_style(DIGITS_MEAN, DIGITS_STD, flip=False),
     "imagenet2012": IMAGENET_PREPROCESSING,
 }
 
@@ -375,7 +377,10 @@ def _read(opened: _Opened, split: str, cap: int | None, shuffle_seed: int | None
   never changes between epochs.
   """
   shuffle_files = shuffle_seed is not None and cap is None
-  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed if shuffle_files else None)
+  # No auto-cache under a cap: TFDS would cache the whole split, then warn that take()
+  # read it only partly.
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed if shuffle_files else None,
+                                try_autocache=cap is None)
   ds = opened.builder.as_dataset(
       split=split, shuffle_files=shuffle_files, read_config=read_config,
       decoders={opened.image_key: tfds.decode.SkipDecoding()})

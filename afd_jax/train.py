@@ -9,6 +9,7 @@ as one device at the same global batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -306,15 +307,38 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> 
     f.write(text)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains per `config` in `workdir`, resuming from its newest checkpoint if any.
+@dataclasses.dataclass
+class Run:
+  """A run's workdir opened for training or analysis: networks, state and teacher."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Mesh
+  steps_per_epoch: int
+  nets: Networks
+  ckpts: checkpointing.RunCheckpoints
+  state: TrainState
+  meta: dict[str, Any]
+  teacher_vars: Any
 
-  Returns:
-    final metrics: ``top1``, ``top5`` (last eval), ``best_top1``, ``teacher_top1`` (if
-    a teacher), ``step``, ``train_seconds``.
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def data_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data"))
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str, *,
+             require_checkpoint: bool = False) -> Run:
+  """Validates `config`, builds its networks, restores the newest checkpoint of `workdir`
+  (or initialises a fresh state) and loads the teacher.
+
+  Raises:
+    ValueError / PairingError: an invalid config or unpairable teacher/student.
+    CheckpointError: a corrupt checkpoint or teacher, or none with `require_checkpoint`.
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh(config.num_devices)
   validate_config(config, mesh.size)
   info = input_pipeline.get_dataset_info(config.data)
@@ -322,40 +346,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if steps_per_epoch < 1:
     raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                      f"{info.num_train_examples} training examples of {config.data.name!r}")
-  total_steps = config.schedule.num_epochs * steps_per_epoch
-  stop_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
   nets = build_networks(config, info.num_classes, steps_per_epoch)
-
   replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P("data"))
   init = jax.jit(functools.partial(init_state, nets, image_size=config.data.image_size),
                  out_shardings=replicated)
+  if require_checkpoint and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise checkpointing.CheckpointError(f"no checkpoints/ in workdir {workdir!r}")
   ckpts = checkpointing.RunCheckpoints(workdir, keep=config.logging.keep_checkpoints)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
   abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
   restored = ckpts.restore_latest(abstract)
   if restored is None:
+    if require_checkpoint:
+      raise checkpointing.CheckpointError(f"no checkpoint in workdir {workdir!r}")
     state, meta = init(jax.random.PRNGKey(config.seed)), {"best_top1": -1.0}
     logging.info("Starting %s from scratch in %s", config.model.name, workdir)
   else:
     state, meta = restored
     logging.info("Resumed from step %d in %s", int(state.step), workdir)
-  step = int(state.step)
-  _save_config(config, workdir, step)
-
   teacher_vars = None
   if nets.teacher is not None:
     abstract_t = jax.eval_shape(functools.partial(nets.teacher.init, train=False),
                                 jax.random.PRNGKey(0), _dummy_batch(config.data.image_size))
-    teacher_vars = checkpointing.load_teacher_variables(
-        config.teacher.checkpoint, abstract_t, config.teacher.name)
-    teacher_vars = jax.device_put(teacher_vars, replicated)
+    teacher_vars = jax.device_put(checkpointing.load_teacher_variables(
+        config.teacher.checkpoint, abstract_t, config.teacher.name), replicated)
+  return Run(config, workdir, mesh, steps_per_epoch, nets, ckpts, state, meta, teacher_vars)
+
+
+def link_attention(run: Run) -> np.ndarray | None:
+  """The method's batch-mean link attention (nt, ns) on the first eval batch, or None."""
+  batch = next(input_pipeline.prefetch_to_device(
+      input_pipeline.create_eval_iterator(run.config.data, run.config.eval_batch_size), 1,
+      run.data_sharding))
+  att = jax.jit(functools.partial(probe_attention, run.nets))(run.state, batch,
+                                                              run.teacher_vars)
+  return None if att is None else np.asarray(jax.device_get(att))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains per `config` in `workdir`, resuming from its newest checkpoint if any.
+
+  Returns:
+    final metrics: ``top1``, ``top5`` (last eval), ``best_top1``, ``teacher_top1`` (if
+    a teacher), ``step``, ``train_seconds``.
+  """
+  os.makedirs(os.path.abspath(os.path.expanduser(workdir)), exist_ok=True)
+  run = open_run(config, workdir)
+  workdir, mesh, nets, ckpts = run.workdir, run.mesh, run.nets, run.ckpts
+  state, meta, teacher_vars = run.state, run.meta, run.teacher_vars
+  steps_per_epoch = run.steps_per_epoch
+  replicated, data_sharding = run.replicated, run.data_sharding
+  total_steps = config.schedule.num_epochs * steps_per_epoch
+  stop_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+  step = int(state.step)
+  _save_config(config, workdir, step)
 
   p_train_step = jax.jit(functools.partial(train_step, nets),
                          in_shardings=(replicated, data_sharding, replicated),
                          out_shardings=(replicated, replicated), donate_argnums=(0,))
-  p_probe = jax.jit(functools.partial(probe_attention, nets))
   evaluate = Evaluator(config, mesh)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   result: dict[str, float] = {}
@@ -406,8 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
         logging.info("step %d (epoch %.2f): eval top-1 %.2f top-5 %.2f", step,
                      step / steps_per_epoch, last_eval["top1"], last_eval["top5"])
-        _write_link_heatmap(config, nets, writer, p_probe, state, teacher_vars, step,
-                            data_sharding, epoch)
+        run.state = state
+        _write_link_heatmap(run, writer, step, epoch)
         if last_eval["top1"] > meta["best_top1"]:
           meta["best_top1"] = last_eval["top1"]
           ckpts.save_best(step, state, dict(meta, epoch=step / steps_per_epoch),
@@ -427,20 +476,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return result
 
 
-def _write_link_heatmap(config, nets, writer, p_probe, state, teacher_vars, step,
-                        data_sharding, epoch) -> None:
+def _write_link_heatmap(run: Run, writer: MetricWriter, step: int, epoch: int) -> None:
   """Logs the method's mean link attention (AFD) as a TensorBoard image, if it has one."""
-  every = config.logging.heatmap_every_epochs
-  if nets.teacher is None or not every or (epoch + 1) % every or not writer.enabled:
+  every = run.config.logging.heatmap_every_epochs
+  if run.nets.teacher is None or not every or (epoch + 1) % every or not writer.enabled:
     return
-  batch = next(input_pipeline.prefetch_to_device(
-      input_pipeline.create_eval_iterator(config.data, config.eval_batch_size), 1,
-      data_sharding))
-  att = p_probe(state, batch, teacher_vars)
+  att = link_attention(run)
   if att is None:
     return
   from afd_jax import link_heatmap  # matplotlib only when a method has links to draw
   image = link_heatmap.render_links(
-      np.asarray(jax.device_get(att)), nets.distiller.teacher_features,
-      nets.distiller.student_features, title=f"{config.method.name} links, step {step}")
+      att, run.nets.distiller.teacher_features, run.nets.distiller.student_features,
+      title=f"{run.config.method.name} links, step {step}")
   writer.image(step, "links/attention", image)

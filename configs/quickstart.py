@@ -12,16 +12,17 @@ The optional argument after ':' lists the distillation methods to compare (defau
     python -m afd_jax.main --config=configs/quickstart.py:kd,afd,tat,aft_kd,hmat \
         --workdir=runs/digits_all --config.seeds='(0,1,2)'
 
-Pair: resnet56 teacher -> resnet20 student (an AFD reference pair), trained on a 500-image
-subset of digits' 1437 training images so that the student has something to learn from
-the teacher; test split: 360 images. Expect a teacher around 97-99 % and students around
-93-97 %; the exact table is in the project's closing notes.
+Pair: resnet20 teacher (all 1,437 training images) -> resnet8 student (CIFAR ResNets,
+AFD's "all blocks" feature selection). Students see only the first 500 training images,
+so the teacher knows more than the student's data shows and distillation has something to
+transfer; the test split has 360 images. Schedule: cosine from lr 0.2 (the CIFAR 0.05 is
+too slow for 20-epoch runs), batch 64. Measured figures are in the project's notes.
 """
 import ml_collections
 
 from afd_jax import config_defaults
 
-TEACHER, STUDENT = "resnet56", "resnet20"
+TEACHER, STUDENT = "resnet20", "resnet8"
 # Per-method fields for digits; weights are the CIFAR defaults of each method unless noted.
 METHOD_FIELDS = {
     "kd": dict(),
@@ -34,12 +35,12 @@ METHOD_FIELDS = {
 }
 
 
-def _digits_run(model: str, epochs: int) -> ml_collections.ConfigDict:
+def _digits_run(model: str, epochs: int, num_train_examples) -> ml_collections.ConfigDict:
   c = config_defaults.digits_config()
   c.model.name = model
-  c.data.num_train_examples = 500
+  c.data.num_train_examples = num_train_examples
   c.schedule.num_epochs = epochs
-  c.optim.lr = 0.05
+  c.optim.lr = 0.2
   return c
 
 
@@ -53,11 +54,11 @@ def get_config(methods: str = "kd") -> ml_collections.ConfigDict:
   c.seeds = (0,)
   c.single_seed_runs = ("teacher",)
   c.runs = ml_collections.ConfigDict()
-  c.runs.teacher = _digits_run(TEACHER, epochs=20)
-  c.runs.student = _digits_run(STUDENT, epochs=20)
+  c.runs.teacher = _digits_run(TEACHER, epochs=15, num_train_examples=None)
+  c.runs.student = _digits_run(STUDENT, epochs=20, num_train_examples=500)
   order = ["teacher", "student"]
   for name in names:
-    run = _digits_run(STUDENT, epochs=20)
+    run = _digits_run(STUDENT, epochs=20, num_train_examples=500)
     run.teacher.name = TEACHER
     run.teacher.checkpoint = "{workdir}/teacher"
     run.method = ml_collections.ConfigDict(dict(name=name, **METHOD_FIELDS[name]))

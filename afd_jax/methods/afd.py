@@ -1,0 +1,314 @@
+"""AFD: attention-based feature distillation (Ji, Heo & Park, AAAI 2021).
+
+Every teacher feature ``T_t`` is distilled into every student feature ``S_s``, weighted by
+an attention ``att[b, t, s]`` that a small meta-network computes from globally pooled
+features (queries from the teacher, keys from the student):
+
+    L = CE(z_s, y) + 0.9·KD_τ=4(z_s, z_t) + beta·L_AFD,
+    L_AFD = Σ_t mean_b Σ_s att[b, t, s] · D[b, t, s],
+    D[b, t, s] = mean_positions (v_s→t[b] − v_t[b])²,
+
+with ``v = l2norm(flatten(mean_c(F²)))`` and the student map first adaptively average
+pooled (PyTorch's bin rule) to the teacher map's spatial size. ``beta`` (default 200) and
+``qk_dim`` (d, default 128) come from the method config. See ``shared/specs/afd.md``.
+
+The meta-network (`AFDMetaNetwork`) trains with the student: its ``params`` and
+``batch_stats`` ride in the method module's variables. The loss arithmetic is written as
+pure functions of arrays (`attention_logits`, `attention_weights`, `student_values`,
+`afd_distances`, `afd_loss`).
+
+Which features ("links") AFD chooses among, per architecture (`afd_feature_names`), all
+post-activation block outputs; the stem and the pooled vector are never used:
+
+* CIFAR ResNets (resnet8 ... resnet56, resnet8x4, resnet32x4): every block output
+  ``stage{i}.block{j}`` (resnet20: 9, resnet56: 27).
+* resnet110: every other block, blocks 2, 4, ..., 54 counted over the whole net (27),
+  as in the reference release.
+* Wide ResNets (``wrn_*``, pre-activation): ``stage{i}.block{j}.act_in`` of every block
+  but the first block of the net, plus ``final.act`` (wrn_16_2: 6, wrn_28_2: 12,
+  wrn_40_2: 18).
+* resnet18 / resnet34 (CIFAR and ``_imagenet``): every BasicBlock output (8 / 16).
+* Our choice for architectures the reference release does not cover, following the
+  paper's "every block" recipe: every ``stage{i}.block{j}`` the model sows, i.e. every
+  conv-BN-ReLU output of VGG (vgg8: 5, vgg13: 10), every inverted-residual block output
+  of MobileNetV2 (17), every unit output of ShuffleNetV1/V2 (16) and every Bottleneck
+  output of ResNet50 (16).
+
+``cfg.student_features`` / ``cfg.teacher_features`` (lists of names) override the choice.
+
+Deviations from the reference release, none of which changes the training loss:
+
+* Student values are grouped by the teacher's *spatial* size (Hu, Wu) rather than its full
+  (C, H, W) shape; they depend on nothing else, so each pooling is computed once.
+* Teacher features get a `stop_gradient` here as well, in case the caller forgets.
+* The meta-network computes in float32 (float64 if given float64), whatever the
+  features' dtype, and its BatchNorm uses the two-pass batch variance, as PyTorch does
+  (Flax's default one-pass formula loses float32 digits on pooled post-ReLU features).
+* Flax updates BatchNorm running variances with the biased batch variance (PyTorch: the
+  unbiased one); they only matter in eval mode, which the training loss never uses.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from afd_jax.methods.base import (Distiller, FeatureInfo, PairingError, cfg_get,
+                                  logit_terms, register, require_features)
+from afd_jax.methods.pooling import adaptive_avg_pool, attention_map, l2_normalize
+from afd_jax.models import layers
+from afd_jax.models.features import block_outputs, feature_order_key
+
+_METHOD = "afd"
+# Nets whose links are every other block output (the reference's resnet110 choice).
+_EVERY_OTHER_BLOCK = frozenset({"resnet110"})
+
+
+# ---- feature selection ---------------------------------------------------------------
+
+
+def afd_feature_names(info: FeatureInfo, role: str = "network") -> tuple[str, ...]:
+  """The features AFD links for this network, in depth order (see the module docstring).
+
+  Args:
+    info: the network's model name and sown feature shapes.
+    role: 'student' or 'teacher', for error messages.
+
+  Raises:
+    PairingError: the network does not sow the features its architecture needs; the
+      message lists the features it does sow.
+  """
+  names = sorted(info.shapes, key=feature_order_key)
+  blocks = block_outputs(names)
+  if not blocks:
+    raise PairingError(
+        f"method {_METHOD!r}: {role} {info.model!r} sows no residual-block features "
+        f"'stage<i>.block<j>'; its features are {names}")
+  if info.model.startswith("wrn_"):
+    # Block k's own relu(bn1(x_k)) for k >= 2 is block k-1's activated output.
+    wanted = [f"{b}.act_in" for b in blocks[1:]] + ["final.act"]
+  elif info.model in _EVERY_OTHER_BLOCK:
+    wanted = blocks[1::2]
+  else:
+    wanted = blocks
+  return require_features(info, wanted, _METHOD, role)
+
+
+def _resolve(cfg, info: FeatureInfo, role: str) -> tuple[str, ...]:
+  """``cfg.<role>_features`` if set (explicit names), else `afd_feature_names`."""
+  explicit = cfg_get(cfg, f"{role}_features", None)
+  if explicit:
+    return require_features(info, explicit, _METHOD, role)
+  return afd_feature_names(info, role)
+
+
+# ---- meta-network --------------------------------------------------------------------
+
+
+def _at_least_f32(x: jnp.ndarray) -> jnp.ndarray:
+  """`x` in float32, or in float64 if it already is (bf16 features are upcast)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _global_mean(f: jnp.ndarray) -> jnp.ndarray:
+  """(B, H, W, C) -> (B, C) spatial mean."""
+  return jnp.mean(_at_least_f32(f), axis=(1, 2))
+
+
+class _LinearBN(nn.Module):
+  """Dense (PyTorch init) -> BatchNorm (-> ReLU): (..., C_in) -> (..., features).
+
+  BatchNorm statistics are taken over all leading axes.
+  """
+  features: int
+  relu: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    # dtype=None: compute in the inputs' precision, which lets tests run it in float64.
+    x = layers.dense(self.features, x.shape[-1], dtype=None, name="dense")(x)
+    # Two-pass variance: pooled post-ReLU features have |mean| >> batch std, where the
+    # fast E[x²] − E[x]² formula loses most float32 digits.
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     use_fast_variance=False, name="bn")(x)
+    return nn.relu(x) if self.relu else x
+
+
+class AFDMetaNetwork(nn.Module):
+  """Queries, bilinear-mapped keys and positional embeddings of AFD's attention.
+
+  Attributes:
+    qk_dim: d, the query/key width.
+  """
+  qk_dim: int = 128
+
+  @nn.compact
+  def __call__(self, s_feats: Sequence[jnp.ndarray], t_feats: Sequence[jnp.ndarray], *,
+               train: bool):
+    """Computes the inputs of `attention_logits`.
+
+    Args:
+      s_feats: ns student features, each (B, Hs, Ws, Cs).
+      t_feats: nt teacher features, each (B, Ht, Wt, Ct).
+      train: BatchNorm with batch statistics (updating ``batch_stats``) if True.
+
+    Returns:
+      ``(q, kb, p_t, p_s)``: queries (B, nt, d), bilinear keys (B, ns, nt, d), positional
+      embeddings (nt, d) and (ns, d).
+    """
+    d, nt, ns = self.qk_dim, len(t_feats), len(s_feats)
+    q = jnp.stack([_LinearBN(d, relu=False, name=f"query_{t}")(_global_mean(f), train)
+                   for t, f in enumerate(t_feats)], axis=1)
+    k = jnp.stack([_LinearBN(d, relu=True, name=f"key_{s}")(_global_mean(f), train)
+                   for s, f in enumerate(s_feats)], axis=1)
+    # One shared map over all B*ns key rows: BatchNorm reduces over every axis but the
+    # last, so its statistics span all of them (no batch reshape: sharding-friendly).
+    kb = _LinearBN(nt * d, relu=False, name="bilinear")(k, train)
+    kb = kb.reshape(*k.shape[:2], nt, d)
+    p_t = self.param("p_t", nn.initializers.xavier_normal(), (nt, d), jnp.float32)
+    p_s = self.param("p_s", nn.initializers.xavier_normal(), (ns, d), jnp.float32)
+    return q, kb, p_t, p_s
+
+
+# ---- loss arithmetic (pure functions) ------------------------------------------------
+
+
+def attention_logits(q: jnp.ndarray, kb: jnp.ndarray, p_t: jnp.ndarray,
+                     p_s: jnp.ndarray) -> jnp.ndarray:
+  """``(Σ_q kb[b,s,t,q]·q[b,t,q] + (p_t p_sᵀ)[t,s]) / sqrt(d)``.
+
+  Args:
+    q: (B, nt, d) queries.
+    kb: (B, ns, nt, d) bilinear-mapped keys.
+    p_t, p_s: (nt, d) and (ns, d) positional embeddings.
+
+  Returns:
+    (B, nt, ns) logits.
+  """
+  d = q.shape[-1]
+  return (jnp.einsum("bstq,btq->bts", kb, q) + (p_t @ p_s.T)[None]) / jnp.sqrt(d)
+
+
+def attention_weights(q, kb, p_t, p_s) -> jnp.ndarray:
+  """Softmax of `attention_logits` over student features: (B, nt, ns), rows sum to 1."""
+  return jax.nn.softmax(attention_logits(q, kb, p_t, p_s), axis=-1)
+
+
+def student_values(s_feats: Sequence[jnp.ndarray],
+                   out_hw: tuple[int, int]) -> jnp.ndarray:
+  """Student values at one teacher resolution.
+
+  Args:
+    s_feats: ns student features, each (B, Hs, Ws, Cs).
+    out_hw: the teacher's spatial size (Hu, Wu).
+
+  Returns:
+    (B, ns, Hu*Wu): ``l2norm(flatten(adaptive_avg_pool(mean_c(S²), (Hu, Wu))))``.
+  """
+  maps = []
+  for s in s_feats:
+    m = adaptive_avg_pool(jnp.mean(jnp.square(_at_least_f32(s)), axis=-1), out_hw)
+    maps.append(m.reshape(m.shape[0], -1))
+  return l2_normalize(jnp.stack(maps, axis=1), axis=-1)
+
+
+def value_distances(v_s: jnp.ndarray, v_t: jnp.ndarray) -> jnp.ndarray:
+  """Mean squared difference over positions of every (teacher, student) value pair.
+
+  Args:
+    v_s: (B, ns, P) student values.
+    v_t: (B, n, P) teacher values at the same resolution.
+
+  Returns:
+    (B, n, ns).
+  """
+  return jnp.mean(jnp.square(v_s[:, None, :, :] - v_t[:, :, None, :]), axis=-1)
+
+
+def afd_distances(s_feats: Sequence[jnp.ndarray],
+                  t_feats: Sequence[jnp.ndarray]) -> jnp.ndarray:
+  """``D[b, t, s]``, pooling the student maps once per distinct teacher resolution.
+
+  Args:
+    s_feats: ns student features, each (B, Hs, Ws, Cs).
+    t_feats: nt teacher features, each (B, Ht, Wt, Ct).
+
+  Returns:
+    (B, nt, ns) distances between teacher and (pooled) student values.
+  """
+  groups: dict[tuple[int, int], list[int]] = {}
+  for t, f in enumerate(t_feats):
+    groups.setdefault(tuple(f.shape[1:3]), []).append(t)
+  rows = [None] * len(t_feats)
+  for hw, idx in groups.items():
+    v_t = jnp.stack([attention_map(_at_least_f32(t_feats[t])) for t in idx], axis=1)
+    dist = value_distances(student_values(s_feats, hw), v_t)
+    for k, t in enumerate(idx):
+      rows[t] = dist[:, k]
+  return jnp.stack(rows, axis=1)
+
+
+def afd_loss(att: jnp.ndarray, distances: jnp.ndarray) -> jnp.ndarray:
+  """``L_AFD = Σ_t mean_b Σ_s att·D``; att and distances (B, nt, ns)."""
+  return jnp.sum(att * distances) / att.shape[0]
+
+
+# ---- the method ----------------------------------------------------------------------
+
+
+class AFD(nn.Module):
+  """``ce_weight·CE + kd_weight·KD + beta·L_AFD`` with a learnable meta-network.
+
+  Defaults (the reference's CIFAR-100 setting): CE weight 1, KD weight 0.9 at τ = 4,
+  beta 200, qk_dim 128; each is overridden by the config field of the same name.
+  Sows the attention ``att`` (B, nt, ns) as ``intermediates/attention``.
+  """
+  cfg: object
+
+  @nn.compact
+  def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
+    """Returns (loss, metrics).
+
+    Args:
+      s_feats: ns student features, each (B, Hs, Ws, Cs).
+      t_feats: nt teacher features, each (B, Ht, Wt, Ct).
+      s_logits, t_logits: (B, K) logits.
+      labels: (B,) int labels.
+      train: meta-network BatchNorm in train mode if True.
+    """
+    t_feats = [jax.lax.stop_gradient(t) for t in t_feats]
+    q, kb, p_t, p_s = AFDMetaNetwork(cfg_get(self.cfg, "qk_dim", 128), name="meta")(
+        s_feats, t_feats, train=train)
+    att = attention_weights(q, kb, p_t, p_s)
+    self.sow("intermediates", "attention", att)
+    afd = afd_loss(att, afd_distances(s_feats, t_feats))
+    total, metrics = logit_terms(self.cfg, s_logits, t_logits, labels, ce_weight=1.0,
+                                 kd_weight=0.9, temperature=4.0)
+    metrics["afd"] = afd
+    return total + cfg_get(self.cfg, "beta", 200.0) * afd, metrics
+
+
+@register(_METHOD)
+def build_afd(cfg, *, student, teacher, num_classes, steps_per_epoch):
+  """Links every selected teacher feature to every selected student feature.
+
+  ``cfg.student_features`` / ``cfg.teacher_features`` (lists of feature names) override
+  the per-architecture selection of `afd_feature_names`.
+
+  Raises:
+    PairingError: either network lacks the features AFD needs; the message lists the
+      features of both.
+  """
+  del num_classes, steps_per_epoch
+  if teacher is None:
+    return Distiller(_METHOD, AFD(cfg))  # build_method reports the missing teacher
+  try:
+    s = _resolve(cfg, student, "student")
+    t = _resolve(cfg, teacher, "teacher")
+  except PairingError as e:
+    raise PairingError(
+        f"{e}\n  student {student.model!r} features: {list(student.shapes)}"
+        f"\n  teacher {teacher.model!r} features: {list(teacher.shapes)}") from None
+  return Distiller(_METHOD, AFD(cfg), s, t)

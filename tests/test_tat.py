@@ -1,0 +1,353 @@
+"""TaT: every loss term against an independent float64 NumPy reference (value, gradient)."""
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from afd_jax.methods import FeatureInfo, PairingError, build_method
+from afd_jax.methods import tat
+
+# ---- independent NumPy reference ------------------------------------------------------
+
+
+def np_softmax(x, axis=-1):
+  e = np.exp(x - x.max(axis=axis, keepdims=True))
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_one_to_all(q, k, v, temp=1.0):
+  """q (B, N, C), k (B, M, C), v (B, M, Cv), one sample at a time."""
+  return np.stack([np_softmax(q[b] @ k[b].T / temp) @ v[b] for b in range(q.shape[0])])
+
+
+def np_global(q, k, v, t, temp=1.0):
+  b, c = q.shape[0], q.shape[-1]
+  tok = lambda x: x.reshape(b, -1, x.shape[-1])
+  out = np_one_to_all(tok(q), tok(k), tok(v), temp)
+  return np.mean((out - tok(t)) ** 2)
+
+
+def np_groups(x, n, m, groups):
+  """List over groups of (B, h·w, p·C), built patch by patch."""
+  b, hh, ww, c = x.shape
+  h, w, p = hh // n, ww // m, n * m // groups
+  out = []
+  for g in range(groups):
+    patches = []
+    for idx in range(g * p, (g + 1) * p):
+      r, col = divmod(idx, m)
+      patches.append(x[:, r * h:(r + 1) * h, col * w:(col + 1) * w, :].reshape(b, h * w, c))
+    out.append(np.concatenate(patches, axis=-1))
+  return out
+
+
+def np_patch_loss(q, k, v, t, n, m, groups, temp=1.0):
+  per_sample = []
+  for b in range(q.shape[0]):  # the release's per-sample loop
+    sq, cnt = 0.0, 0
+    for qg, kg, vg, tg in zip(*(np_groups(x[b:b + 1], n, m, groups) for x in (q, k, v, t))):
+      out = np_one_to_all(qg, kg, vg, temp)
+      sq, cnt = sq + np.sum((out - tg) ** 2), cnt + out.size
+    per_sample.append(sq / cnt)
+  return np.mean(per_sample)
+
+
+def np_anchor_pool(x, ah, aw):
+  b, hh, ww, c = x.shape
+  kh, kw = max(1, hh // ah), max(1, ww // aw)
+  out = np.zeros((b, hh // kh, ww // kw, c))
+  for i in range(hh // kh):
+    for j in range(ww // kw):
+      out[:, i, j] = x[:, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw].mean(axis=(1, 2))
+  return out
+
+
+def np_anchor_loss(q, k, v, t, ah, aw, temp=1.0):
+  return np_global(*(np_anchor_pool(x, ah, aw) for x in (q, k, v, t)), temp=temp)
+
+
+def np_conv(x, w):
+  """'Same' cross-correlation, w (kh, kw, Cin, Cout), zero padding k//2."""
+  kh, kw = w.shape[:2]
+  xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  h, ww = x.shape[1:3]
+  return sum(xp[:, i:i + h, j:j + ww] @ w[i, j] for i in range(kh) for j in range(kw))
+
+
+def np_bn(x, scale, bias):
+  mean = x.mean(axis=(0, 1, 2))
+  var = x.var(axis=(0, 1, 2))
+  return (x - mean) / np.sqrt(var + 1e-5) * scale + bias
+
+
+def np_ce(logits, labels):
+  logp = np.log(np_softmax(logits))
+  return -np.mean(logp[np.arange(len(labels)), labels])
+
+
+def np_kd(s, t, temp):
+  ps, pt = np_softmax(s / temp), np_softmax(t / temp)
+  return temp ** 2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=-1))
+
+
+def fd_check(f_np, grad_jax, x, n=6, eps=1e-5, seed=0, rtol=2e-3, atol=2e-6):
+  """Central differences of the float64 NumPy `f_np` at n sampled coordinates of x."""
+  rng = np.random.RandomState(seed)
+  x = np.asarray(x, np.float64)
+  for flat in rng.choice(x.size, n, replace=False):
+    idx = np.unravel_index(flat, x.shape)
+    xp, xm = x.copy(), x.copy()
+    xp[idx] += eps
+    xm[idx] -= eps
+    fd = (f_np(xp) - f_np(xm)) / (2 * eps)
+    np.testing.assert_allclose(np.asarray(grad_jax)[idx], fd, rtol=rtol, atol=atol)
+
+
+def rand(rng, *shape, scale=0.5):
+  return (rng.randn(*shape) * scale).astype(np.float32)
+
+
+# ---- pure functions -------------------------------------------------------------------
+
+
+def test_one_to_all_value_and_shape():
+  rng = np.random.RandomState(0)
+  q, k, v = rand(rng, 2, 5, 4), rand(rng, 2, 7, 4), rand(rng, 2, 7, 3)
+  out = tat.one_to_all(q, k, v, temperature=2.0)
+  chex.assert_shape(out, (2, 5, 3))
+  np.testing.assert_allclose(out, np_one_to_all(q, k, v, 2.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_global_loss_value_and_gradient(which):
+  rng = np.random.RandomState(1)
+  args = [rand(rng, 2, 3, 4, 5) for _ in range(4)]
+  value = tat.global_tat_loss(*args, temperature=1.0)
+  np.testing.assert_allclose(value, np_global(*map(np.float64, args)), rtol=1e-5)
+  grad = jax.grad(lambda x: tat.global_tat_loss(*args[:which], x, *args[which + 1:]))(
+      args[which])
+
+  def f(x):
+    a = [np.float64(y) for y in args]
+    a[which] = x
+    return np_global(*a)
+  fd_check(f, grad, args[which], seed=which)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_patch_group_value_and_gradient(which):
+  rng = np.random.RandomState(2)
+  args = [rand(rng, 2, 9, 8, 3) for _ in range(4)]  # 9 rows: one leftover row dropped
+  grid, groups = (4, 2), 4                              # h = 2, w = 4, p = 2 patches/group
+  loss = lambda *a: tat.patch_group_loss(*a, grid=grid, groups=groups)  # noqa: E731
+  np.testing.assert_allclose(loss(*args), np_patch_loss(*map(np.float64, args), 4, 2, 4),
+                             rtol=1e-5)
+  grad = jax.grad(lambda x: loss(*args[:which], x, *args[which + 1:]))(args[which])
+
+  def f(x):
+    a = [np.float64(y) for y in args]
+    a[which] = x
+    return np_patch_loss(*a, 4, 2, 4)
+  fd_check(f, grad, args[which], seed=which)
+
+
+def test_patch_groups_layout():
+  rng = np.random.RandomState(3)
+  x = rand(rng, 2, 8, 6, 3)
+  got = tat.patch_groups(x, (4, 3), 6)
+  chex.assert_shape(got, (2, 6, 4, 6))
+  np.testing.assert_array_equal(np.asarray(got), np.stack(np_groups(x, 4, 3, 6), axis=1))
+
+
+def test_patch_group_trivial_grid_is_the_global_operator():
+  rng = np.random.RandomState(4)
+  args = [rand(rng, 3, 4, 5, 6) for _ in range(4)]
+  np.testing.assert_allclose(tat.patch_group_loss(*args, grid=(1, 1), groups=1),
+                             tat.global_tat_loss(*args), rtol=1e-6)
+
+
+def test_patch_grid_that_does_not_fit_is_rejected():
+  with pytest.raises(ValueError, match="patch grid"):
+    tat.patch_groups(jnp.zeros((1, 4, 4, 2)), (8, 8), 4)
+  with pytest.raises(ValueError, match="patch grid"):
+    tat.patch_groups(jnp.zeros((1, 8, 8, 2)), (4, 4), 3)
+
+
+@pytest.mark.parametrize("hw, anchors, out_hw", [
+    ((13, 10), (4, 3), (4, 3)),    # kernel (3, 3): 12×9 kept
+    ((8, 8), (2, 2), (2, 2)),      # kernel (4, 4)
+    ((4, 6), (8, 8), (4, 6)),      # anchor grid finer than the map: kernel clamped to 1
+    ((64, 64), (32, 32), (32, 32)),
+])
+def test_anchor_pool_shapes_and_values(hw, anchors, out_hw):
+  rng = np.random.RandomState(5)
+  x = rand(rng, 2, *hw, 3)
+  got = tat.anchor_pool(x, anchors)
+  chex.assert_shape(got, (2, *out_hw, 3))
+  np.testing.assert_allclose(got, np_anchor_pool(x, *anchors), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_anchor_loss_value_and_gradient(which):
+  rng = np.random.RandomState(6)
+  args = [rand(rng, 2, 9, 8, 3, scale=1.0) for _ in range(4)]
+  loss = lambda *a: tat.anchor_point_loss(*a, anchors=(3, 2))  # noqa: E731
+  np.testing.assert_allclose(loss(*args), np_anchor_loss(*map(np.float64, args), 3, 2),
+                             rtol=1e-5)
+  grad = jax.grad(lambda x: loss(*args[:which], x, *args[which + 1:]))(args[which])
+
+  def f(x):
+    a = [np.float64(y) for y in args]
+    a[which] = x
+    return np_anchor_loss(*a, 3, 2)
+  fd_check(f, grad, args[which], seed=which)
+
+
+# ---- the module ---------------------------------------------------------------------
+
+
+def info(model, **shapes):
+  return FeatureInfo(model, {k.replace("_", "."): v for k, v in shapes.items()})
+
+
+def make(cfg_fields, s_shape, t_shape, seed=0):
+  """Builds the method, random inputs and variables with random BN affine parameters."""
+  cfg = ml_collections.ConfigDict(dict(name="tat", **cfg_fields))
+  student = info("s", stage1_out=(8, 16, 16, 4), stage2_out=s_shape)
+  teacher = info("t", stage1_out=(8, 16, 16, 4), stage2_out=t_shape)
+  d = build_method(cfg, student=student, teacher=teacher, num_classes=10)
+  assert (d.student_features, d.teacher_features) == (("stage2.out",), ("stage2.out",))
+  rng = np.random.RandomState(seed)
+  s, t = rand(rng, *s_shape, scale=0.7), np.abs(rand(rng, *t_shape, scale=0.7))
+  sl, tl = rand(rng, s_shape[0], 10, scale=2), rand(rng, s_shape[0], 10, scale=2)
+  y = rng.randint(0, 10, s_shape[0])
+  init = jax.jit(lambda *a: d.module.init(*a, train=False))
+  variables = init(jax.random.PRNGKey(seed), [s], [t], sl, tl, y)
+  keys = iter(jax.random.split(jax.random.PRNGKey(seed + 1), 100))
+  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape),
+                        variables["params"])
+  variables = {**variables, "params": params}
+  return d, variables, (s, t, sl, tl, y)
+
+
+def apply_loss(d, variables, s, t, sl, tl, y):
+  """(loss, metrics) in train mode (batch-statistics BN)."""
+  (loss, metrics), _ = d.module.apply(variables, [s], [t], sl, tl, y, train=True,
+                                      mutable=["batch_stats"])
+  return loss, metrics
+
+
+def np_params(variables):
+  return jax.tree.map(lambda p: np.asarray(p, np.float64), variables["params"])
+
+
+def np_global_module(p, s, t, learnable_key=False):
+  emb = lambda x, n: np_bn(np_conv(x, p[f"{n}_conv"]["kernel"]),  # noqa: E731
+                           p[f"{n}_bn"]["scale"], p[f"{n}_bn"]["bias"])
+  k = emb(t, "key") if learnable_key else t
+  return np_global(emb(s, "query"), k, emb(s, "value"), t)
+
+
+@pytest.mark.parametrize("learnable_key", [False, True])
+def test_global_module_value_and_gradient(learnable_key):
+  d, variables, (s, t, sl, tl, y) = make({"learnable_key": learnable_key},
+                                         (4, 4, 4, 6), (4, 4, 4, 5))
+  (loss, metrics), (grad, g_t) = jax.jit(jax.value_and_grad(
+      lambda x, tt: apply_loss(d, variables, x, tt, sl, tl, y), argnums=(0, 1),
+      has_aux=True))(s, t)
+  p = np_params(variables)
+  ref_tat = np_global_module(p, np.float64(s), np.float64(t), learnable_key)
+  np.testing.assert_allclose(metrics["tat"], ref_tat, rtol=1e-4)
+  # Released ImageNet recipe: 0.5·CE + 0.5·KD(τ = 1) + 0.1·TaT.
+  ref = 0.5 * np_ce(sl, y) + 0.5 * np_kd(np.float64(sl), np.float64(tl), 1.0) + 0.1 * ref_tat
+  np.testing.assert_allclose(loss, ref, rtol=1e-4)
+  fd_check(lambda x: 0.1 * np_global_module(p, x, np.float64(t), learnable_key), grad, s,
+           rtol=5e-3, atol=1e-6)
+  # The teacher is a fixed target: no gradient flows into it.
+  np.testing.assert_array_equal(g_t, 0.0)
+
+
+def test_global_module_pools_the_larger_map():
+  d, variables, (s, t, sl, tl, y) = make({}, (4, 4, 4, 6), (4, 8, 8, 5))
+  _, metrics = jax.jit(lambda *a: apply_loss(d, variables, *a))(s, t, sl, tl, y)
+  t_pooled = np.float64(t).reshape(4, 4, 2, 4, 2, 5).mean(axis=(2, 4))
+  ref = np_global_module(np_params(variables), np.float64(s), t_pooled)
+  np.testing.assert_allclose(metrics["tat"], ref, rtol=1e-4)
+
+
+def np_hier_module(p, s, t, grid, groups, anchors, beta, gamma):
+  emb = lambda x, n: np_bn(x @ p[f"{n}_conv"]["kernel"][0, 0],  # noqa: E731
+                           p[f"{n}_bn"]["scale"], p[f"{n}_bn"]["bias"])
+  q, k, v = emb(s, "query"), emb(t, "key"), emb(s, "value")
+  lp = np_patch_loss(q, k, v, t, *grid, groups)
+  la = np_anchor_loss(q, k, v, t, *anchors)
+  return lp, la, beta * lp + gamma * la
+
+
+def test_hierarchical_module_value_and_gradient():
+  fields = dict(mode="hierarchical", patch_grid=(2, 4), patch_groups=4, anchor_grid=(2, 2),
+                beta=1.0, gamma=0.5, weight=0.2)
+  d, variables, (s, t, sl, tl, y) = make(fields, (4, 8, 8, 6), (4, 8, 8, 5))
+  (loss, metrics), grad = jax.jit(jax.value_and_grad(
+      lambda x: apply_loss(d, variables, x, t, sl, tl, y), has_aux=True))(s)
+  p = np_params(variables)
+  ref = lambda x: np_hier_module(p, x, np.float64(t), (2, 4), 4, (2, 2), 1.0, 0.5)  # noqa
+  lp, la, l = ref(np.float64(s))
+  np.testing.assert_allclose(metrics["tat_patch"], lp, rtol=1e-4)
+  np.testing.assert_allclose(metrics["tat_anchor"], la, rtol=1e-4)
+  np.testing.assert_allclose(loss, np_ce(sl, y) + 0.2 * l, rtol=1e-4)  # CE 1, KD 0
+  fd_check(lambda x: 0.2 * ref(x)[2], grad, s, rtol=5e-3, atol=1e-6)
+
+
+def test_jit_nojit_and_eight_devices_agree():
+  assert jax.device_count() == 8, "tests/conftest.py must force 8 host devices"
+  d, variables, args = make({}, (16, 4, 4, 6), (16, 4, 4, 5))
+  f = lambda v, *a: apply_loss(d, v, *a)[0]  # noqa: E731
+  eager = f(variables, *args)
+  jitted = jax.jit(f)(variables, *args)
+  mesh = jax.make_mesh((8,), ("data",))
+  sharded_args = jax.device_put(args, NamedSharding(mesh, P("data")))
+  replicated = jax.device_put(variables, NamedSharding(mesh, P()))
+  sharded = jax.jit(f)(replicated, *sharded_args)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5)
+  np.testing.assert_allclose(sharded, eager, rtol=1e-5)
+
+
+# ---- building -----------------------------------------------------------------------
+
+
+def test_default_features_are_the_last_stages():
+  student = info("resnet8x4", stage1_out=(2, 32, 32, 64), stage2_out=(2, 16, 16, 128),
+                 stage3_out=(2, 8, 8, 256))
+  teacher = info("vgg13", stage1_out=(2, 32, 32, 64), stage4_out=(2, 4, 4, 512),
+                 stage5_out=(2, 4, 4, 512))
+  d = build_method(ml_collections.ConfigDict(dict(name="tat")), student=student,
+                   teacher=teacher, num_classes=100)
+  assert d.student_features == ("stage3.out",) and d.teacher_features == ("stage5.out",)
+  assert d.module.teacher_channels == 512
+
+
+def test_pairing_errors_name_both_feature_lists():
+  student = info("resnet20", stage1_out=(2, 32, 32, 16), stage3_out=(2, 8, 8, 64))
+  teacher = info("resnet56", stage1_out=(2, 32, 32, 16), stage3_out=(2, 8, 8, 64))
+  cfg = ml_collections.ConfigDict(dict(name="tat", teacher_feature="stage9.out"))
+  with pytest.raises(PairingError, match="resnet56.*stage9.out.*stage1.out"):
+    build_method(cfg, student=student, teacher=teacher, num_classes=100)
+  no_stages = FeatureInfo("mystery", {"pooled": (2, 64)})
+  with pytest.raises(PairingError, match="mystery.*pooled"):
+    build_method(ml_collections.ConfigDict(dict(name="tat")), student=no_stages,
+                 teacher=teacher, num_classes=100)
+
+
+def test_hierarchical_grid_is_checked_at_build_time():
+  student = info("s", stage3_out=(2, 8, 8, 64))
+  teacher = info("t", stage3_out=(2, 8, 8, 64))
+  cfg = ml_collections.ConfigDict(dict(name="tat", mode="hierarchical"))  # 16×16 grid
+  with pytest.raises(ValueError, match="patch grid"):
+    build_method(cfg, student=student, teacher=teacher, num_classes=100)
+  with pytest.raises(ValueError, match="unknown mode"):
+    build_method(ml_collections.ConfigDict(dict(name="tat", mode="local")),
+                 student=student, teacher=teacher, num_classes=100)
