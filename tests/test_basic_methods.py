@@ -203,3 +203,10 @@ def test_adaptive_pool_matches_loops_up_and_down():
   for oh, ow in ((3, 2), (7, 5), (10, 8), (1, 1)):
     chex.assert_trees_all_close(adaptive_avg_pool(jnp.asarray(x), (oh, ow)),
                                 np_pool(x, oh, ow), rtol=1e-5, atol=1e-6)
+
+
+def test_l2_normalize_of_an_all_zero_map_has_finite_gradient():
+  from afd_jax.methods.pooling import attention_map
+  f = jnp.zeros((2, 4, 4, 3)).at[1].set(1.0)  # sample 0: a dead (all-zero) ReLU map
+  g = jax.grad(lambda x: jnp.sum(attention_map(x) ** 2 * jnp.arange(16.0)))(f)
+  assert np.all(np.isfinite(np.asarray(g)))

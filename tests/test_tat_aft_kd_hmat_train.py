@@ -2,7 +2,6 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -18,10 +17,13 @@ def run_steps(method_fields, steps=3, steps_per_epoch=1):
   c.model.name, c.teacher.name = "resnet8", "resnet8"
   c.method = ml_collections.ConfigDict(method_fields)
   nets = train.build_networks(c, num_classes=10, steps_per_epoch=steps_per_epoch)
-  teacher_vars = jax.jit(functools.partial(nets.teacher.init, train=False))(
-      jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)))
   state = jax.jit(functools.partial(train.init_state, nets, image_size=32))(
       jax.random.PRNGKey(0))
+  # Same architecture: a second random init serves as the (random) teacher.
+  teacher_state = jax.jit(functools.partial(train.init_state, nets, image_size=32))(
+      jax.random.PRNGKey(1))
+  teacher_vars = {"params": teacher_state.params["student"],
+                  "batch_stats": teacher_state.batch_stats["student"]}
   first = state
   step = jax.jit(functools.partial(train.train_step, nets))
   rng = np.random.default_rng(0)

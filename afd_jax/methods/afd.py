@@ -84,7 +84,7 @@ def afd_feature_names(info: FeatureInfo, role: str = "network") -> tuple[str, ..
   blocks = block_outputs(names)
   if not blocks:
     raise PairingError(
-        f"method {_METHOD!r}: {role} {info.model!r} sows no residual-block features "
+        f"method {_METHOD!r}: {role} {info.model!r} sows no block features "
         f"'stage<i>.block<j>'; its features are {names}")
   if info.model.startswith("wrn_"):
     # Block k's own relu(bn1(x_k)) for k >= 2 is block k-1's activated output.

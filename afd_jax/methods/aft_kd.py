@@ -53,7 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afd_jax.methods.base import (Distiller, cfg_get, kd_loss, cross_entropy,
+from afd_jax.methods.base import (Distiller, cfg_get, cross_entropy, kd_loss,
                                   paired_stages, register)
 from afd_jax.methods.pooling import attention_map, l2_normalize, match_spatial
 from afd_jax.models import layers

@@ -43,8 +43,9 @@ def adaptive_avg_pool(x: jnp.ndarray, out_hw: tuple[int, int]) -> jnp.ndarray:
 
 def l2_normalize(x: jnp.ndarray, axis=-1, eps: float = 1e-12) -> jnp.ndarray:
   """``x / max(||x||_2, eps)`` along `axis` (PyTorch's `F.normalize`)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  # max under the sqrt: same value, but an all-zero map gets a zero, not NaN, gradient
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(sq, eps * eps))
 
 
 def attention_map(f: jnp.ndarray, p: float = 2.0) -> jnp.ndarray:

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, PairingError, cfg_get, logit_terms, register,
-                                  require_features, stage_features)
+                                  stage_features)
 from afd_jax.methods.pooling import match_spatial
 from afd_jax.models import layers
 
@@ -259,16 +259,18 @@ def build_tat(cfg, *, student, teacher, num_classes, steps_per_epoch):
     raise ValueError(f"tat: unknown mode {mode!r}; accepted: {', '.join(MODES)}")
   if teacher is None:
     return Distiller("tat", TargetAwareTransformer(cfg, 0))
+  both = (f"student {student.model!r} has features {list(student.shapes)}, teacher "
+          f"{teacher.model!r} has {list(teacher.shapes)}")
   names = []
   for info, role in ((student, "student"), (teacher, "teacher")):
     stages = stage_features(info)
-    default = stages[-1] if stages else None
-    name = cfg_get(cfg, f"{role}_feature", None) or default
-    if name is None:
-      raise PairingError(f"method 'tat': {role} {info.model!r} sows no stage outputs; its "
-                         f"features are {list(info.shapes)}; set "
-                         f"config.method.{role}_feature")
-    names.append(require_features(info, [name], "tat", role))
+    name = cfg_get(cfg, f"{role}_feature", None) or (stages[-1] if stages else None)
+    if name is None or name not in info.shapes:
+      missing = (f"{role} feature {name!r} does not exist" if name else
+                 f"the {role} sows no stage outputs")
+      raise PairingError(f"method 'tat': {missing}; {both}; set "
+                         f"config.method.student_feature / teacher_feature")
+    names.append((name,))
   s, t = names
   if mode == "hierarchical":
     # Fail at build time, not inside the first compiled step.
