@@ -1,7 +1,7 @@
 """Offline quickstart on the embedded `digits` dataset: teacher, student baseline, students
 distilled with the chosen methods, and a results table.
 
-Run (about 5 minutes on 2 CPU cores; nothing is downloaded):
+Run (about 5 minutes on 2 idle CPU cores; nothing is downloaded):
 
     python -m afd_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
@@ -54,7 +54,7 @@ def get_config(methods: str = "kd") -> ml_collections.ConfigDict:
   c.seeds = (0,)
   c.single_seed_runs = ("teacher",)
   c.runs = ml_collections.ConfigDict()
-  c.runs.teacher = _digits_run(TEACHER, epochs=15, num_train_examples=None)
+  c.runs.teacher = _digits_run(TEACHER, epochs=12, num_train_examples=None)
   c.runs.student = _digits_run(STUDENT, epochs=20, num_train_examples=500)
   order = ["teacher", "student"]
   for name in names:
