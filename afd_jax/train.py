@@ -328,6 +328,11 @@ class Run:
   def data_sharding(self) -> NamedSharding:
     return NamedSharding(self.mesh, P("data"))
 
+  @functools.cached_property
+  def probe(self):
+    """`probe_attention` jitted once for this run's networks."""
+    return jax.jit(functools.partial(probe_attention, self.nets))
+
 
 def open_run(config: ml_collections.ConfigDict, workdir: str, *,
              require_checkpoint: bool = False) -> Run:
@@ -379,8 +384,7 @@ def link_attention(run: Run) -> np.ndarray | None:
   batch = next(input_pipeline.prefetch_to_device(
       input_pipeline.create_eval_iterator(run.config.data, run.config.eval_batch_size), 1,
       run.data_sharding))
-  att = jax.jit(functools.partial(probe_attention, run.nets))(run.state, batch,
-                                                              run.teacher_vars)
+  att = run.probe(run.state, batch, run.teacher_vars)
   return None if att is None else np.asarray(jax.device_get(att))
 
 

@@ -155,3 +155,24 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(digits_data_dir, tmp_pa
   with pytest.raises(checkpointing.CheckpointError, match="cannot resume from checkpoint"):
     train.train_and_evaluate(tiny_config(digits_data_dir), workdir)
   assert os.path.isdir(state_dir)  # nothing deleted
+
+
+def test_afd_run_logs_and_plots_its_links(digits_data_dir, teacher_dir, tmp_path):
+  """A short AFD run, then experiments/plot_afd_links.py on its workdir."""
+  import importlib.util
+  workdir = str(tmp_path / "afd")
+  c = distill(tiny_config(digits_data_dir, max_steps=2), teacher_dir, method="afd")
+  result = train.train_and_evaluate(c, workdir)
+  assert result["step"] == 2 and np.isfinite(result["top1"])
+  tb_files = os.listdir(os.path.join(workdir, "tensorboard"))
+  assert tb_files
+  path = os.path.join(os.path.dirname(__file__), "..", "experiments", "plot_afd_links.py")
+  spec = importlib.util.spec_from_file_location("plot_afd_links", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  out = script.main(["--workdir", workdir, "--out", str(tmp_path / "links.png")])
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  att = np.load(str(tmp_path / "links.npy"))
+  assert att.shape == (3, 3)  # resnet8: 3 blocks on each side
+  np.testing.assert_allclose(att.sum(axis=1), 1.0, rtol=1e-5)  # softmax over students
