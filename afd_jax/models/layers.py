@@ -113,3 +113,21 @@ def dense(features: int, in_features: int, *, dtype: Dtype = jnp.float32,
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """Mean over the spatial axes: (B, H, W, C) -> (B, C)."""
   return jnp.mean(x, axis=(1, 2))
+
+def classifier_head(module: nn.Module, x: jax.Array, num_classes: int, name: str) -> jax.Array:
+  """Global average pool, sow it as ``pooled``, then the linear classifier.
+
+  Called from a model's compact ``__call__`` (the Dense is created in `module`'s scope).
+
+  Args:
+    x: (B, H, W, C) last feature map.
+
+  Returns:
+    (B, num_classes) float32 logits (losses and softmax run in float32 whatever the
+    compute dtype).
+  """
+  pooled = global_avg_pool(x)
+  module.sow("intermediates", "pooled", pooled)
+  logits = dense(num_classes, pooled.shape[-1], dtype=module.dtype, name=name)(pooled)
+  return logits.astype(jnp.float32)
+

@@ -114,9 +114,4 @@ class MobileNetV2(nn.Module):
     head_width = int(_HEAD_WIDTH * self.width) if self.width > 1 else _HEAD_WIDTH
     x = layers.conv(head_width, 1, dtype=self.dtype, name="conv_head")(x)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn_head")(x))
-    pooled = layers.global_avg_pool(x)
-    self.sow("intermediates", "pooled", pooled)
-    logits = layers.dense(self.num_classes, pooled.shape[-1], dtype=self.dtype,
-                          name="classifier")(pooled)
-    # Losses and softmax run in float32 whatever the compute dtype.
-    return logits.astype(jnp.float32)
+    return layers.classifier_head(self, x, self.num_classes, name="classifier")

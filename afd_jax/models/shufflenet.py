@@ -118,12 +118,7 @@ class ShuffleNetV1(nn.Module):
       self.sow("intermediates", f"stage{i}.preact", preact)
       self.sow("intermediates", f"stage{i}.out", x)
 
-    pooled = layers.global_avg_pool(x)
-    self.sow("intermediates", "pooled", pooled)
-    logits = layers.dense(self.num_classes, pooled.shape[-1], dtype=self.dtype,
-                          name="linear")(pooled)
-    # Losses and softmax run in float32 whatever the compute dtype.
-    return logits.astype(jnp.float32)
+    return layers.classifier_head(self, x, self.num_classes, name="linear")
 
 
 class ShuffleV2DownBlock(nn.Module):
@@ -217,9 +212,4 @@ class ShuffleNetV2(nn.Module):
 
     x = layers.conv(self.head_width, 1, dtype=self.dtype, name="conv2")(x)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn2")(x))
-    pooled = layers.global_avg_pool(x)
-    self.sow("intermediates", "pooled", pooled)
-    logits = layers.dense(self.num_classes, pooled.shape[-1], dtype=self.dtype,
-                          name="linear")(pooled)
-    # Losses and softmax run in float32 whatever the compute dtype.
-    return logits.astype(jnp.float32)
+    return layers.classifier_head(self, x, self.num_classes, name="linear")

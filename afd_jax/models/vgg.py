@@ -63,12 +63,7 @@ class VGG(nn.Module):
       self.sow("intermediates", f"stage{i}.preact", preact)
       self.sow("intermediates", f"stage{i}.out", x)
 
-    pooled = layers.global_avg_pool(x)
-    self.sow("intermediates", "pooled", pooled)
-    logits = layers.dense(self.num_classes, pooled.shape[-1], dtype=self.dtype,
-                          name="classifier")(pooled)
-    # Losses and softmax run in float32 whatever the compute dtype.
-    return logits.astype(jnp.float32)
+    return layers.classifier_head(self, x, self.num_classes, name="classifier")
 
 
 def vgg(depth: int, num_classes: int, *, dtype: Dtype = jnp.float32) -> VGG:

@@ -107,9 +107,4 @@ class WideResNet(nn.Module):
     self.sow("intermediates", "final.act", x)
     self.sow("intermediates", f"stage{len(widths)}.out", x)
 
-    pooled = layers.global_avg_pool(x)
-    self.sow("intermediates", "pooled", pooled)
-    logits = layers.dense(self.num_classes, pooled.shape[-1], dtype=self.dtype,
-                          name="fc")(pooled)
-    # Losses and softmax run in float32 whatever the compute dtype.
-    return logits.astype(jnp.float32)
+    return layers.classifier_head(self, x, self.num_classes, name="fc")
