@@ -405,6 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   stop_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
   step = int(state.step)
   _save_config(config, workdir, step)
+  logging.info("Resolved config:\n%s", config)
 
   p_train_step = jax.jit(functools.partial(train_step, nets),
                          in_shardings=(replicated, data_sharding, replicated),
