@@ -468,6 +468,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           last_eval["top1"])
       ckpts.save(step, state, dict(meta, epoch=step / steps_per_epoch))
     writer.flush()
+  except KeyboardInterrupt:
+    # Ctrl-C mid-epoch: keep the steps done so far (the rerun resumes from here).
+    ckpts.save(step, state, dict(meta, epoch=step / steps_per_epoch))
+    logging.warning("Interrupted at step %d; checkpoint saved in %s", step, workdir)
+    raise
   finally:
     ckpts.close()
     writer.close()
