@@ -469,9 +469,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpts.save(step, state, dict(meta, epoch=step / steps_per_epoch))
     writer.flush()
   except KeyboardInterrupt:
-    # Ctrl-C mid-epoch: keep the steps done so far (the rerun resumes from here).
-    ckpts.save(step, state, dict(meta, epoch=step / steps_per_epoch))
-    logging.warning("Interrupted at step %d; checkpoint saved in %s", step, workdir)
+    # Ctrl-C mid-epoch: keep the steps done so far (the rerun resumes from here), unless
+    # the interrupt hit inside the step, whose input buffers are already donated.
+    if not any(a.is_deleted() for a in jax.tree.leaves(state)):
+      ckpts.save(step, state, dict(meta, epoch=step / steps_per_epoch))
+      logging.warning("Interrupted at step %d; checkpoint saved in %s", step, workdir)
     raise
   finally:
     ckpts.close()
