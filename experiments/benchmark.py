@@ -5,10 +5,11 @@
 
 For each method: the real jitted train step of `afd_jax.train` (teacher forward, student
 forward/backward, method loss, SGD update) on synthetic CIFAR-100-shaped data over all
-local devices. Compile time is measured apart; after `--warmup` steps, the median and
-interquartile range of `--steps` individually timed steps (each waited for with
-`block_until_ready`) are reported, with images/s at the median. Prints a table and writes
-JSON.
+local devices. Compile time is measured apart. After `--warmup` steps, the methods are
+timed in interleaved rounds (`--rounds` rounds of `--steps`/`--rounds` steps each, every
+step waited for with `block_until_ready`), so slow drifts of the machine hit every method
+alike; the median and interquartile range over all timed steps are reported, with
+images/s at the median. Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -32,47 +33,53 @@ from afd_jax import config_defaults, train  # noqa: E402
 NUM_CLASSES = 100
 
 
-def bench_method(method: str, args) -> dict:
-  """Times the train step of one method; returns its row of the table."""
-  if method == "none":
-    config = config_defaults.teacher_config(args.student)
-  else:
-    config = config_defaults.distill_config(args.teacher, args.student, method)
-  config.model.dtype = args.dtype
-  nets = train.build_networks(config, NUM_CLASSES, steps_per_epoch=782)
-  mesh = train.make_mesh(None)
-  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  state = jax.jit(functools.partial(train.init_state, nets, image_size=32),
-                  out_shardings=repl)(jax.random.PRNGKey(0))
-  teacher_vars = None
-  if nets.teacher is not None:
-    teacher_vars = jax.device_put(
-        nets.teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False), repl)
-  rng = np.random.default_rng(0)
-  batch = jax.device_put(
-      {"image": rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32),
-       "label": rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32)}, data)
-  step = jax.jit(functools.partial(train.train_step, nets),
-                 in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,))
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch, teacher_vars).compile()
-  compile_s = time.perf_counter() - t0
-  for _ in range(args.warmup):
-    state, metrics = compiled(state, batch, teacher_vars)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(args.steps):
+class MethodBench:
+  """One method's compiled train step and its state, ready to be timed."""
+
+  def __init__(self, method: str, args):
+    if method == "none":
+      config = config_defaults.teacher_config(args.student)
+    else:
+      config = config_defaults.distill_config(args.teacher, args.student, method)
+    config.model.dtype = args.dtype
+    nets = train.build_networks(config, NUM_CLASSES, steps_per_epoch=782)
+    mesh = train.make_mesh(None)
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    self.method, self.batch_size, self.times = method, args.batch, []
+    self.state = jax.jit(functools.partial(train.init_state, nets, image_size=32),
+                         out_shardings=repl)(jax.random.PRNGKey(0))
+    self.teacher_vars = None
+    if nets.teacher is not None:
+      self.teacher_vars = jax.device_put(nets.teacher.init(
+          jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False), repl)
+    rng = np.random.default_rng(0)
+    self.batch = jax.device_put(
+        {"image": rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32),
+         "label": rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32)}, data)
+    step = jax.jit(functools.partial(train.train_step, nets),
+                   in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
     t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, teacher_vars)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
-  ms = np.asarray(times) * 1e3
-  med = float(np.median(ms))
-  return {"method": method, "compile_s": compile_s, "median_ms": med,
-          "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
-          "images_per_s": args.batch / (med / 1e3), "steps": args.steps,
-          "loss": float(metrics["loss"])}
+    self.compiled = step.lower(self.state, self.batch, self.teacher_vars).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.run(args.warmup, record=False)
+
+  def run(self, steps: int, record: bool = True) -> None:
+    """Runs `steps` train steps, timing each one."""
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      self.state, self.metrics = self.compiled(self.state, self.batch, self.teacher_vars)
+      jax.block_until_ready((self.state, self.metrics))
+      if record:
+        self.times.append(time.perf_counter() - t0)
+
+  def row(self) -> dict:
+    ms = np.asarray(self.times) * 1e3
+    med = float(np.median(ms))
+    return {"method": self.method, "compile_s": self.compile_s, "median_ms": med,
+            "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
+            "images_per_s": self.batch_size / (med / 1e3), "steps": len(ms),
+            "loss": float(self.metrics["loss"])}
 
 
 def main(argv=None) -> list[dict]:
@@ -81,7 +88,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--student", default="wrn_16_2")
   parser.add_argument("--methods", default="none,kd,afd,at,fitnet,tat,aft_kd,hmat")
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
+  parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--out", default="runs/benchmark.json")
@@ -89,10 +97,15 @@ def main(argv=None) -> list[dict]:
   device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
   print(f"{args.teacher} -> {args.student}, global batch {args.batch}, {args.dtype}, "
         f"{device}, jax {jax.__version__}", flush=True)
-  rows = []
+  benches = []
   for method in [m for m in args.methods.split(",") if m]:
-    rows.append(bench_method(method, args))
-    print(f"  {method}: {rows[-1]['median_ms']:.1f} ms/step", flush=True)
+    benches.append(MethodBench(method, args))
+    print(f"  compiled {method} in {benches[-1].compile_s:.1f} s", flush=True)
+  per_round = max(1, args.steps // args.rounds)
+  for _ in range(args.rounds):
+    for bench in benches:
+      bench.run(per_round)
+  rows = [b.row() for b in benches]
   kd = next((r for r in rows if r["method"] == "kd"), None)
   print(f"\n| method | ms/step (median) | IQR ms | images/s | compile s | × KD |")
   print("|---|---|---|---|---|---|")
