@@ -107,7 +107,7 @@ def main(argv=None) -> list[dict]:
       bench.run(per_round)
   rows = [b.row() for b in benches]
   kd = next((r for r in rows if r["method"] == "kd"), None)
-  print(f"\n| method | ms/step (median) | IQR ms | images/s | compile s | × KD |")
+  print("\n| method | ms/step (median) | IQR ms | images/s | compile s | × KD |")
   print("|---|---|---|---|---|---|")
   for r in rows:
     ratio = f"{r['median_ms'] / kd['median_ms']:.2f}" if kd else "-"

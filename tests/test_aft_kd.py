@@ -5,10 +5,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from afd_jax.methods import FeatureInfo, PairingError, build_method
 from afd_jax.methods import aft_kd
+from sharding_checks import assert_eager_jit_and_sharded_agree
 
 # ---- independent NumPy reference ------------------------------------------------------
 
@@ -266,21 +266,13 @@ def test_history_survives_an_orbax_round_trip(tmp_path):
 
 
 def test_jit_nojit_and_eight_devices_agree():
-  assert jax.device_count() == 8, "tests/conftest.py must force 8 host devices"
   shapes_s = ((16, 8, 8, 3), (16, 4, 4, 5))
   shapes_t = ((16, 8, 8, 4), (16, 4, 4, 6))
   d, variables, batch = make({}, s_shapes=shapes_s, t_shapes=shapes_t)
   # Two windows of history so that the weights are not all 1.
   variables["method_state"] = dict(variables["method_state"], windows=np.int32(2),
                                    history=np.array([[1, 2, 3, 4], [2, 2, 2, 2]], np.float32))
-  f = lambda v, b: step(d, v, b)  # noqa: E731
-  eager = f(variables, batch)
-  jitted = jax.jit(f)(variables, batch)
-  mesh = jax.make_mesh((8,), ("data",))
-  sharded = jax.jit(f)(jax.device_put(variables, NamedSharding(mesh, P())),
-                       jax.device_put(batch, NamedSharding(mesh, P("data"))))
-  chex.assert_trees_all_close(jitted, eager, rtol=1e-5)
-  chex.assert_trees_all_close(sharded, eager, rtol=1e-5)
+  assert_eager_jit_and_sharded_agree(lambda v, b: step(d, v, b), variables, batch)
 
 
 # ---- building -----------------------------------------------------------------------

@@ -6,10 +6,10 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from afd_jax.methods import FeatureInfo, PairingError, build_method
 from afd_jax.methods import hmat
+from sharding_checks import assert_eager_jit_and_sharded_agree
 
 # ---- independent NumPy reference ------------------------------------------------------
 
@@ -228,18 +228,10 @@ def test_two_stage_pairs_have_no_mid_level():
 
 
 def test_jit_nojit_and_eight_devices_agree():
-  assert jax.device_count() == 8, "tests/conftest.py must force 8 host devices"
   shapes_s = tuple((8, *sh[1:]) for sh in S_SHAPES)
   shapes_t = tuple((8, *sh[1:]) for sh in T_SHAPES)
   d, variables, batch = make({"position_pool": 8}, shapes_s, shapes_t)
-  f = lambda v, b: apply_loss(d, v, b)  # noqa: E731
-  eager = f(variables, batch)
-  jitted = jax.jit(f)(variables, batch)
-  mesh = jax.make_mesh((8,), ("data",))
-  sharded = jax.jit(f)(jax.device_put(variables, NamedSharding(mesh, P())),
-                       jax.device_put(batch, NamedSharding(mesh, P("data"))))
-  chex.assert_trees_all_close(jitted, eager, rtol=1e-5)
-  chex.assert_trees_all_close(sharded, eager, rtol=1e-5)
+  assert_eager_jit_and_sharded_agree(lambda v, b: apply_loss(d, v, b), variables, batch)
 
 
 # ---- building -----------------------------------------------------------------------

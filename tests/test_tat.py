@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from afd_jax.methods import FeatureInfo, PairingError, build_method
 from afd_jax.methods import tat
+from sharding_checks import assert_eager_jit_and_sharded_agree
 
 # ---- independent NumPy reference ------------------------------------------------------
 
@@ -303,17 +303,8 @@ def test_hierarchical_module_value_and_gradient():
 
 
 def test_jit_nojit_and_eight_devices_agree():
-  assert jax.device_count() == 8, "tests/conftest.py must force 8 host devices"
   d, variables, args = make({}, (16, 4, 4, 6), (16, 4, 4, 5))
-  f = lambda v, *a: apply_loss(d, v, *a)[0]  # noqa: E731
-  eager = f(variables, *args)
-  jitted = jax.jit(f)(variables, *args)
-  mesh = jax.make_mesh((8,), ("data",))
-  sharded_args = jax.device_put(args, NamedSharding(mesh, P("data")))
-  replicated = jax.device_put(variables, NamedSharding(mesh, P()))
-  sharded = jax.jit(f)(replicated, *sharded_args)
-  np.testing.assert_allclose(jitted, eager, rtol=1e-5)
-  np.testing.assert_allclose(sharded, eager, rtol=1e-5)
+  assert_eager_jit_and_sharded_agree(lambda v, a: apply_loss(d, v, *a)[0], variables, args)
 
 
 # ---- building -----------------------------------------------------------------------
