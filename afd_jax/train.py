@@ -13,6 +13,8 @@ import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -427,6 +429,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_every = max(1, config.logging.eval_every_epochs) * steps_per_epoch
   window, window_start, train_seconds = [], time.time(), 0.0
   last_eval: dict[str, float] = {}
+  # Preemption (SIGTERM) takes the Ctrl-C path below, which saves a checkpoint.
+  on_main_thread = threading.current_thread() is threading.main_thread()
+  previous_sigterm = (signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+                      if on_main_thread else None)
   try:
     while step < stop_step:
       epoch = step // steps_per_epoch
@@ -469,13 +475,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpts.save(step, state, dict(meta, epoch=step / steps_per_epoch))
     writer.flush()
   except KeyboardInterrupt:
-    # Ctrl-C mid-epoch: keep the steps done so far (the rerun resumes from here), unless
+    # Ctrl-C or SIGTERM mid-epoch: keep the steps done so far (the rerun resumes from here), unless
     # the interrupt hit inside the step, whose input buffers are already donated.
     if not any(a.is_deleted() for a in jax.tree.leaves(state)):
       ckpts.save(step, state, dict(meta, epoch=step / steps_per_epoch))
       logging.warning("Interrupted at step %d; checkpoint saved in %s", step, workdir)
     raise
   finally:
+    if on_main_thread:
+      signal.signal(signal.SIGTERM, previous_sigterm or signal.SIG_DFL)
     ckpts.close()
     writer.close()
   if not last_eval and step:
@@ -486,6 +494,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with open(os.path.join(workdir, "result.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
   return result
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+  del frame
+  raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def _write_link_heatmap(run: Run, writer: MetricWriter, step: int, epoch: int) -> None:

@@ -176,3 +176,28 @@ def test_afd_run_logs_and_plots_its_links(digits_data_dir, teacher_dir, tmp_path
   att = np.load(str(tmp_path / "links.npy"))
   assert att.shape == (3, 3)  # resnet8: 3 blocks on each side
   np.testing.assert_allclose(att.sum(axis=1), 1.0, rtol=1e-5)  # softmax over students
+
+
+def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_finishes(digits_data_dir, tmp_path,
+                                                                  monkeypatch):
+  """A preemption signal between steps keeps the finished steps; the rerun completes."""
+  import signal
+  from afd_jax import input_pipeline
+  real = input_pipeline.create_train_iterator
+
+  def preempted_after_three_batches(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if i == 3:
+        signal.raise_signal(signal.SIGTERM)
+      yield batch
+
+  workdir = str(tmp_path / "run")
+  handler_before = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", preempted_after_three_batches)
+  with pytest.raises(KeyboardInterrupt, match="signal"):
+    train.train_and_evaluate(tiny_config(digits_data_dir), workdir)
+  saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
+  assert len(saved) == 1 and 0 < saved[0] < 4  # mid-epoch: the prefetcher ran ahead
+  assert signal.getsignal(signal.SIGTERM) == (handler_before or signal.SIG_DFL)
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", real)
+  assert train.train_and_evaluate(tiny_config(digits_data_dir), workdir)["step"] == 8
