@@ -8,14 +8,10 @@ import pytest
 
 from afd_jax.methods import FeatureInfo, PairingError, build_method
 from afd_jax.methods import aft_kd
+from numpy_reference import fd_check, np_ce, np_kd, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
 # ---- independent NumPy reference ------------------------------------------------------
-
-
-def np_softmax(x, axis=-1):
-  e = np.exp(x - x.max(axis=axis, keepdims=True))
-  return e / e.sum(axis=axis, keepdims=True)
 
 
 def np_l2n(x):
@@ -37,16 +33,6 @@ def np_bn(x, scale, bias):
   return (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-5) * scale + bias
 
 
-def np_ce(logits, labels):
-  logp = np.log(np_softmax(logits))
-  return -np.mean(logp[np.arange(len(labels)), labels])
-
-
-def np_kd(s, t, temp):
-  ps, pt = np_softmax(s / temp), np_softmax(t / temp)
-  return temp ** 2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=-1))
-
-
 def np_dwa_weights(losses, window, temp, average="mean", decay=0.99):
   """(steps, n) losses -> (steps, n) weights in force at each step (before its update)."""
   steps, n = losses.shape
@@ -63,18 +49,6 @@ def np_dwa_weights(losses, window, temp, average="mean", decay=0.99):
       rate = snapshots[e - 1] / snapshots[e - 2]
       weights[i] = n * np_softmax(rate / temp)
   return weights
-
-
-def fd_check(f_np, grad_jax, x, n=6, eps=1e-5, seed=0, rtol=5e-3, atol=1e-7):
-  rng = np.random.RandomState(seed)
-  x = np.asarray(x, np.float64)
-  for flat in rng.choice(x.size, n, replace=False):
-    idx = np.unravel_index(flat, x.shape)
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += eps
-    xm[idx] -= eps
-    np.testing.assert_allclose(np.asarray(grad_jax)[idx],
-                               (f_np(xp) - f_np(xm)) / (2 * eps), rtol=rtol, atol=atol)
 
 
 def rand(rng, *shape, scale=1.0):

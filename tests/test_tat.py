@@ -1,4 +1,6 @@
 """TaT: every loss term against an independent float64 NumPy reference (value, gradient)."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,14 +10,13 @@ import pytest
 
 from afd_jax.methods import FeatureInfo, PairingError, build_method
 from afd_jax.methods import tat
+from numpy_reference import fd_check, np_ce, np_kd, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
+fd_check = functools.partial(fd_check, rtol=2e-3, atol=2e-6)  # this file's tolerances
+
+
 # ---- independent NumPy reference ------------------------------------------------------
-
-
-def np_softmax(x, axis=-1):
-  e = np.exp(x - x.max(axis=axis, keepdims=True))
-  return e / e.sum(axis=axis, keepdims=True)
 
 
 def np_one_to_all(q, k, v, temp=1.0):
@@ -81,29 +82,6 @@ def np_bn(x, scale, bias):
   mean = x.mean(axis=(0, 1, 2))
   var = x.var(axis=(0, 1, 2))
   return (x - mean) / np.sqrt(var + 1e-5) * scale + bias
-
-
-def np_ce(logits, labels):
-  logp = np.log(np_softmax(logits))
-  return -np.mean(logp[np.arange(len(labels)), labels])
-
-
-def np_kd(s, t, temp):
-  ps, pt = np_softmax(s / temp), np_softmax(t / temp)
-  return temp ** 2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=-1))
-
-
-def fd_check(f_np, grad_jax, x, n=6, eps=1e-5, seed=0, rtol=2e-3, atol=2e-6):
-  """Central differences of the float64 NumPy `f_np` at n sampled coordinates of x."""
-  rng = np.random.RandomState(seed)
-  x = np.asarray(x, np.float64)
-  for flat in rng.choice(x.size, n, replace=False):
-    idx = np.unravel_index(flat, x.shape)
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += eps
-    xm[idx] -= eps
-    fd = (f_np(xp) - f_np(xm)) / (2 * eps)
-    np.testing.assert_allclose(np.asarray(grad_jax)[idx], fd, rtol=rtol, atol=atol)
 
 
 def rand(rng, *shape, scale=0.5):

@@ -1,0 +1,35 @@
+"""Plain-NumPy (float64) building blocks shared by the method tests' references.
+
+Nothing here imports afd_jax: the references stay independent of the code under test.
+"""
+import numpy as np
+
+
+def np_softmax(x, axis=-1):
+  e = np.exp(x - x.max(axis=axis, keepdims=True))
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_ce(logits, labels):
+  """Mean cross-entropy; logits (B, K), labels (B,)."""
+  return -np.mean(np.log(np_softmax(logits))[np.arange(len(labels)), labels])
+
+
+def np_kd(s, t, temp):
+  """τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), batch mean; s, t (B, K)."""
+  ps, pt = np_softmax(s / temp), np_softmax(t / temp)
+  return temp ** 2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=-1))
+
+
+def fd_check(f_np, grad_jax, x, n=6, eps=1e-5, seed=0, rtol=5e-3, atol=1e-7):
+  """Central differences of the float64 NumPy `f_np` at n sampled coordinates of x,
+  compared with the implementation's gradient `grad_jax` there."""
+  rng = np.random.RandomState(seed)
+  x = np.asarray(x, np.float64)
+  for flat in rng.choice(x.size, n, replace=False):
+    idx = np.unravel_index(flat, x.shape)
+    xp, xm = x.copy(), x.copy()
+    xp[idx] += eps
+    xm[idx] -= eps
+    np.testing.assert_allclose(np.asarray(grad_jax)[idx],
+                               (f_np(xp) - f_np(xm)) / (2 * eps), rtol=rtol, atol=atol)
