@@ -1,55 +1,111 @@
-"""Run logs: TensorBoard scalars and images plus an append-only JSON-lines file.
+"""Run logs: TensorBoard scalars and images, and an append-only JSON-lines file.
 
-Both append, so a resumed or rerun workdir keeps everything written before.
+TensorBoard event files are written with the `tensorboard` package's own writer, so no
+TensorFlow is needed (clu's writers import TensorFlow, which accelerator hosts often
+lack). ``metrics.jsonl`` holds one row per logged step; a resumed run first drops the
+rows of the steps it will replay, so every step appears at most once and in order.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from typing import Mapping
 
+from absl import logging
 import numpy as np
-import tensorflow as tf
 
-tf.config.set_visible_devices([], "GPU")  # TF only writes logs; the GPU belongs to JAX
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of a run's ``metrics.jsonl`` (a torn last line, from a kill, is skipped)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  rows = []
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+  return rows
+
+
+def _png(image: np.ndarray) -> bytes:
+  from PIL import Image  # only when an image is logged
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
+  return buf.getvalue()
 
 
 class MetricWriter:
-  """Writes scalars to ``<workdir>/tensorboard`` and ``<workdir>/metrics.jsonl``."""
+  """Writes ``<workdir>/tensorboard`` and ``<workdir>/metrics.jsonl`` (chief only).
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  Args:
+    workdir: the run's directory.
+    enabled: False on every process but the chief: nothing is written.
+    resume_step: the step the run (re)starts from; rows after it are dropped.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, METRICS_FILE)
+    keep = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
+    if os.path.exists(path) and len(keep) != sum(1 for _ in open(path, encoding="utf-8")):
+      tmp = path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+      os.replace(tmp, path)  # atomic: a crash here leaves the old or the new file
+    self._jsonl = open(path, "a", encoding="utf-8")
+    try:
+      from tensorboard.compat.proto import summary_pb2
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      self._summary = summary_pb2
+      self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      logging.warning("tensorboard is not installed: metrics go to %s only", path)
+      self._tb = None
 
-  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+  def _event(self, step: int, values) -> None:
+    from tensorboard.compat.proto import event_pb2
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                       summary=self._summary.Summary(value=values)))
+
+  def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
     """Logs ``{name: value}`` at `step` (names like ``'train/loss'``)."""
     if not self.enabled:
       return
     values = {k: float(v) for k, v in values.items()}
-    with self._tb.as_default(step=step):
-      for k, v in values.items():
-        tf.summary.scalar(k, v)
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
     self._jsonl.flush()
+    if self._tb is not None:
+      self._event(step, [self._summary.Summary.Value(tag=k, simple_value=v)
+                         for k, v in values.items()])
 
-  def image(self, step: int, name: str, image: np.ndarray) -> None:
-    """Logs one (H, W, 3) uint8 image."""
-    if not self.enabled:
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """Logs ``{name: (1, H, W, 3) uint8}`` images to TensorBoard."""
+    if not self.enabled or self._tb is None:
       return
-    with self._tb.as_default(step=step):
-      tf.summary.image(name, image[None])
+    values = []
+    for name, image in images.items():
+      h, w = image.shape[1:3]
+      values.append(self._summary.Summary.Value(tag=name, image=self._summary.Summary.Image(
+          height=h, width=w, colorspace=3, encoded_image_string=_png(image[0]))))
+    self._event(step, values)
 
   def flush(self) -> None:
     if self.enabled:
-      self._tb.flush()
       self._jsonl.flush()
+      if self._tb is not None:
+        self._tb.flush()
 
   def close(self) -> None:
     if self.enabled:
-      self._tb.close()
       self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()

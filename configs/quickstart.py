@@ -1,67 +1,50 @@
-"""Offline quickstart on the embedded `digits` dataset: teacher, student baseline, students
-distilled with the chosen methods, and a results table.
-
-Run (about 5 minutes on 2 idle CPU cores; nothing is downloaded):
+"""Offline quickstart on the embedded `digits` dataset: a teacher, a student baseline and
+students distilled with KD and AFD, then a results table and AFD's link heatmap.
 
     python -m afd_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
-The optional argument after ':' lists the distillation methods to compare (default
-``kd``), e.g. the AFD variant and all methods, with three seeds per student:
+The argument lists the methods (default ``kd,afd``), e.g. every method with 3 seeds:
 
-    python -m afd_jax.main --config=configs/quickstart.py:afd --workdir=runs/quickstart
-    python -m afd_jax.main --config=configs/quickstart.py:kd,afd,tat,aft_kd,hmat \
+    python -m afd_jax.main --config=configs/quickstart.py:methods=kd+afd+tat+aft_kd+hmat \
         --workdir=runs/digits_all --config.seeds='(0,1,2)'
 
-Pair: resnet20 teacher (all 1,437 training images) -> resnet8 student (CIFAR ResNets,
-AFD's "all blocks" feature selection). Students see only the first 500 training images,
-so the teacher knows more than the student's data shows and distillation has something to
-transfer; the test split has 360 images. Schedule: cosine from lr 0.2 (the CIFAR 0.05 is
-too slow for 20-epoch runs), batch 64. Measured figures are in the project's notes.
+Pair: resnet20 teacher (all 1,437 training images) -> resnet8 student (CIFAR ResNets).
+Students see only the first 500 training images, so the teacher knows more than the
+student's data shows and distillation has something to transfer; the test split has 360
+images. Schedule: cosine from lr 0.2 (the CIFAR 0.05 is too slow for 20-epoch runs),
+batch 64. Each method runs with its published defaults. AFD's heatmap is written to
+``<workdir>/student_afd/links.png``.
 """
 import ml_collections
 
-from afd_jax import config_defaults
+from configs import common
 
 TEACHER, STUDENT = "resnet20", "resnet8"
-# Per-method fields for digits; weights are the CIFAR defaults of each method unless noted.
-METHOD_FIELDS = {
-    "kd": dict(),
-    "fitnet": dict(),
-    "at": dict(),
-    "afd": dict(beta=200.0, qk_dim=128),
-    "tat": dict(),
-    "aft_kd": dict(),
-    "hmat": dict(),
-}
 
 
-def _digits_run(model: str, epochs: int, num_train_examples) -> ml_collections.ConfigDict:
-  c = config_defaults.digits_config()
+def _run(model: str, epochs: int, num_train_examples, runlocal: bool):
+  c = common.digits()
   c.model.name = model
   c.data.num_train_examples = num_train_examples
   c.schedule.num_epochs = epochs
   c.optim.lr = 0.2
-  return c
+  return common.runlocal(c) if runlocal else c
 
 
-def get_config(methods: str = "kd") -> ml_collections.ConfigDict:
-  """Suite config; `methods` is a comma-separated list of method names."""
-  names = [m for m in methods.split(",") if m]
-  unknown = [m for m in names if m not in METHOD_FIELDS]
-  if unknown:
-    raise ValueError(f"quickstart methods {unknown} unknown; accepted: {list(METHOD_FIELDS)}")
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """Suite config; ``methods`` is a '+'-separated list of method names."""
+  a = common.parse_arg(arg, methods="kd+afd")
   c = ml_collections.ConfigDict()
   c.seeds = (0,)
   c.single_seed_runs = ("teacher",)
   c.runs = ml_collections.ConfigDict()
-  c.runs.teacher = _digits_run(TEACHER, epochs=12, num_train_examples=None)
-  c.runs.student = _digits_run(STUDENT, epochs=20, num_train_examples=500)
+  c.runs.teacher = _run(TEACHER, 12, None, a.runlocal)
+  c.runs.student = _run(STUDENT, 20, 500, a.runlocal)
   order = ["teacher", "student"]
-  for name in names:
-    run = _digits_run(STUDENT, epochs=20, num_train_examples=500)
-    run.teacher.name = TEACHER
-    run.teacher.checkpoint = "{workdir}/teacher"
-    run.method = ml_collections.ConfigDict(dict(name=name, **METHOD_FIELDS[name]))
+  for name in filter(None, a.methods.split("+")):
+    run = _run(STUDENT, 20, 500, a.runlocal)
+    run.teacher.update(dict(name=TEACHER, checkpoint="{workdir}/teacher", random_init=False))
+    run.method = ml_collections.ConfigDict(dict(name=name))
     c.runs[f"student_{name}"] = run
     order.append(f"student_{name}")
   c.run_order = tuple(order)

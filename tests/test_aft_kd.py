@@ -110,7 +110,7 @@ def make(fields, steps_per_epoch=2, s_shapes=S_SHAPES, t_shapes=T_SHAPES, seed=0
   cfg = ml_collections.ConfigDict(dict(name="aft_kd", **fields))
   student = FeatureInfo("s", {f"stage{i}.out": sh for i, sh in enumerate(s_shapes, 1)})
   teacher = FeatureInfo("t", {f"stage{i}.out": sh for i, sh in enumerate(t_shapes, 1)})
-  d = build_method(cfg, student=student, teacher=teacher, num_classes=10,
+  d = build_method(cfg, student=student, teacher=teacher,
                    steps_per_epoch=steps_per_epoch)
   batch = inputs(seed, s_shapes, t_shapes)
   variables = jax.jit(lambda *a: d.module.init(*a, train=True))(jax.random.PRNGKey(seed),
@@ -257,14 +257,14 @@ def test_stage_count_mismatch_names_both_lists():
   teacher = FeatureInfo("resnet18", {f"stage{i}.out": (2, 8, 8, 4) for i in (1, 2, 3, 4)})
   cfg = ml_collections.ConfigDict(dict(name="aft_kd"))
   with pytest.raises(PairingError, match=r"resnet20.*stage3\.out.*resnet18.*stage4\.out"):
-    build_method(cfg, student=student, teacher=teacher, num_classes=10)
+    build_method(cfg, student=student, teacher=teacher)
   cfg = ml_collections.ConfigDict(dict(name="aft_kd", student_stages=(1, 2, 3),
                                        teacher_stages=(2, 3, 4)))
-  d = build_method(cfg, student=student, teacher=teacher, num_classes=10)
+  d = build_method(cfg, student=student, teacher=teacher)
   assert d.teacher_features == ("stage2.out", "stage3.out", "stage4.out")
   cfg = ml_collections.ConfigDict(dict(name="aft_kd", afb_weight=(1.0, 2.0)))
   with pytest.raises(ValueError, match="afb_weight"):
-    build_method(cfg, student=student, teacher=student, num_classes=10)
+    build_method(cfg, student=student, teacher=student)
   with pytest.raises(ValueError, match="weighting"):
     build_method(ml_collections.ConfigDict(dict(name="aft_kd", weighting="auto")),
-                 student=student, teacher=student, num_classes=10)
+                 student=student, teacher=student)

@@ -20,7 +20,7 @@ def run_steps(method_fields, steps=3, steps_per_epoch=1):
   c = config_defaults.base_config()
   c.model.name, c.teacher.name = "resnet8", "resnet8"
   c.method = ml_collections.ConfigDict(method_fields)
-  nets = train.build_networks(c, num_classes=10, steps_per_epoch=steps_per_epoch)
+  nets = train.build_networks(c, steps_per_epoch=steps_per_epoch)
   state = jax.jit(functools.partial(train.init_state, nets, image_size=32))(
       jax.random.PRNGKey(0))
   # Same architecture: a second random init serves as the (random) teacher.

@@ -97,8 +97,7 @@ def test_kd_method_total_objective():
   rng = np.random.default_rng(1)
   s, t = rng.normal(size=(8, 5)), rng.normal(size=(8, 5))
   y = rng.integers(0, 5, 8)
-  c = cfg(name="kd", ce_weight=0.3, kd_weight=0.7, temperature=2.0)
-  module = kd_lib.LogitObjective(c)
+  module = kd_lib.LogitObjective(kd_lib.Config(ce_weight=0.3, kd_weight=0.7, temperature=2.0))
   (loss, metrics) = module.apply({}, [], [], jnp.asarray(s, jnp.float32),
                                  jnp.asarray(t, jnp.float32), jnp.asarray(y), train=True)
   np.testing.assert_allclose(loss, 0.3 * np_ce(s, y) + 0.7 * np_kd(s, t, 2.0), rtol=1e-5)
@@ -134,8 +133,8 @@ def test_fitnet_value_and_gradient():
   t = np.abs(rng.normal(size=(4, 4, 4, 6)))
   y = rng.integers(0, 10, 4)
   logits = rng.normal(size=(4, 10))
-  c = cfg(name="fitnet", beta=100.0, ce_weight=1.0, kd_weight=0.0)
-  module = fitnet_lib.FitNet(c, teacher_channels=6)
+  module = fitnet_lib.FitNet(fitnet_lib.Config(beta=100.0, ce_weight=1.0, kd_weight=0.0),
+                            teacher_channels=6)
   args = ([jnp.asarray(s, jnp.float32)], [jnp.asarray(t, jnp.float32)],
           jnp.asarray(logits, jnp.float32), None, jnp.asarray(y))
   variables = module.init(jax.random.PRNGKey(0), *args, train=True)
@@ -173,27 +172,25 @@ def test_builders_select_stage_features_and_reject_bad_pairs():
   teacher = _info("t", [("stage1.out", (2, 8, 8, 6)), ("stage2.out", (2, 4, 4, 12)),
                         ("stage3.out", (2, 2, 2, 24))])
   with pytest.raises(methods.PairingError, match="stage3.out"):
-    methods.build_method(cfg(name="at"), student=student, teacher=teacher, num_classes=10)
+    methods.build_method(cfg(name="at"), student=student, teacher=teacher)
   d = methods.build_method(cfg(name="at", student_stages=(1, 2), teacher_stages=(2, 3)),
-                           student=student, teacher=teacher, num_classes=10)
+                           student=student, teacher=teacher)
   assert d.student_features == ("stage1.out", "stage2.out")
   assert d.teacher_features == ("stage2.out", "stage3.out")
-  d = methods.build_method(cfg(name="fitnet"), student=student, teacher=teacher,
-                           num_classes=10)
+  d = methods.build_method(cfg(name="fitnet"), student=student, teacher=teacher)
   assert d.student_features == ("stage2.out",) and d.teacher_features == ("stage2.out",)
   with pytest.raises(methods.PairingError, match="lacks features"):
     methods.build_method(cfg(name="fitnet", hint_stage=3), student=student,
-                         teacher=teacher, num_classes=10)
+                         teacher=teacher)
 
 
 def test_unknown_method_and_missing_teacher_are_clear_errors():
   info = _info("s", [("stage1.out", (2, 8, 8, 4))])
   with pytest.raises(ValueError, match=r"'nope'.*accepted: .*kd"):
-    methods.build_method(cfg(name="nope"), student=info, teacher=None, num_classes=10)
+    methods.build_method(cfg(name="nope"), student=info, teacher=None)
   with pytest.raises(ValueError, match="needs a teacher"):
-    methods.build_method(cfg(name="kd"), student=info, teacher=None, num_classes=10)
-  assert not methods.build_method(cfg(name="none"), student=info, teacher=None,
-                                  num_classes=10).needs_teacher
+    methods.build_method(cfg(name="kd"), student=info, teacher=None)
+  assert not methods.build_method(cfg(name="none"), student=info, teacher=None).needs_teacher
 
 
 def test_adaptive_pool_matches_loops_up_and_down():

@@ -1,4 +1,5 @@
 """HMAT (an interpretation): each attention term against an independent NumPy reference."""
+import dataclasses
 import math
 
 import chex
@@ -136,7 +137,7 @@ def make(fields, s_shapes=S_SHAPES, t_shapes=T_SHAPES, seed=0):
   cfg = ml_collections.ConfigDict(dict(name="hmat", **fields))
   student = FeatureInfo("s", {f"stage{i}.out": sh for i, sh in enumerate(s_shapes, 1)})
   teacher = FeatureInfo("t", {f"stage{i}.out": sh for i, sh in enumerate(t_shapes, 1)})
-  d = build_method(cfg, student=student, teacher=teacher, num_classes=10)
+  d = build_method(cfg, student=student, teacher=teacher)
   rng = np.random.RandomState(seed)
   s = [rand(rng, *sh) for sh in s_shapes]
   t = [np.abs(rand(rng, *sh)) for sh in t_shapes]
@@ -171,7 +172,7 @@ def test_module_value_and_gradient(fields):
   terms = ref(f64(s_feats))
   for name, value in terms.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-4, atol=1e-9, err_msg=name)
-  w = dict(hmat.DEFAULTS, **fields)
+  w = dataclasses.asdict(hmat.Config(**fields))
   weighted = lambda t: (w["position_weight"] * t["position"]  # noqa: E731
                         + w["activation_weight"] * (t["act_mid"] + t["act_high"])
                         + w["channel_weight"] * t["channel"])
@@ -217,14 +218,14 @@ def test_pairing_errors():
   five = FeatureInfo("vgg13", {f"stage{i}.out": (2, 4, 4, 8) for i in range(1, 6)})
   cfg = ml_collections.ConfigDict(dict(name="hmat"))
   with pytest.raises(PairingError, match=r"ShuffleV2.*stage3\.out.*vgg13.*stage5\.out"):
-    build_method(cfg, student=three, teacher=five, num_classes=10)
+    build_method(cfg, student=three, teacher=five)
   cfg = ml_collections.ConfigDict(dict(name="hmat", student_stages=(1, 2, 3),
                                        teacher_stages=(1, 3, 5)))
-  d = build_method(cfg, student=three, teacher=five, num_classes=10)
+  d = build_method(cfg, student=three, teacher=five)
   assert d.teacher_features == ("stage1.out", "stage3.out", "stage5.out")
   cfg = ml_collections.ConfigDict(dict(name="hmat", student_stages=(3,), teacher_stages=(5,)))
   with pytest.raises(PairingError, match="at least two"):
-    build_method(cfg, student=three, teacher=five, num_classes=10)
+    build_method(cfg, student=three, teacher=five)
   with pytest.raises(ValueError, match="position_distance"):
     build_method(ml_collections.ConfigDict(dict(name="hmat", position_distance="l1")),
-                 student=three, teacher=three, num_classes=10)
+                 student=three, teacher=three)

@@ -25,7 +25,7 @@ def test_one_training_step(method, teacher, student):
   c.model.name, c.teacher.name = student, teacher
   c.teacher.checkpoint = "unused"
   c.method = ml_collections.ConfigDict(dict(name=method))
-  nets = train.build_networks(c, num_classes=10, steps_per_epoch=4)
+  nets = train.build_networks(c, steps_per_epoch=4)
   state = jax.jit(functools.partial(train.init_state, nets, image_size=32))(
       jax.random.PRNGKey(0))
   teacher_vars = nets.teacher.init(jax.random.key(1, impl="rbg"), jnp.zeros((2, 32, 32, 3)),

@@ -73,7 +73,7 @@ def _expected_feature_names(name):
 
 
 @functools.lru_cache(maxsize=None)
-def _abstract_train_apply(name, num_classes=10, dtype=jnp.float32):
+def _abstract_train_apply(name, dtype=jnp.float32):
   """Cached eval_shape of init + train-mode apply.
 
   Returns:

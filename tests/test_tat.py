@@ -196,7 +196,7 @@ def make(cfg_fields, s_shape, t_shape, seed=0):
   cfg = ml_collections.ConfigDict(dict(name="tat", **cfg_fields))
   student = info("s", stage1_out=(8, 16, 16, 4), stage2_out=s_shape)
   teacher = info("t", stage1_out=(8, 16, 16, 4), stage2_out=t_shape)
-  d = build_method(cfg, student=student, teacher=teacher, num_classes=10)
+  d = build_method(cfg, student=student, teacher=teacher)
   assert (d.student_features, d.teacher_features) == (("stage2.out",), ("stage2.out",))
   rng = np.random.RandomState(seed)
   s, t = rand(rng, *s_shape, scale=0.7), np.abs(rand(rng, *t_shape, scale=0.7))
@@ -294,7 +294,7 @@ def test_default_features_are_the_last_stages():
   teacher = info("vgg13", stage1_out=(2, 32, 32, 64), stage4_out=(2, 4, 4, 512),
                  stage5_out=(2, 4, 4, 512))
   d = build_method(ml_collections.ConfigDict(dict(name="tat")), student=student,
-                   teacher=teacher, num_classes=100)
+                   teacher=teacher)
   assert d.student_features == ("stage3.out",) and d.teacher_features == ("stage5.out",)
   assert d.module.teacher_channels == 512
 
@@ -304,11 +304,11 @@ def test_pairing_errors_name_both_feature_lists():
   teacher = info("resnet56", stage1_out=(2, 32, 32, 16), stage3_out=(2, 8, 8, 64))
   cfg = ml_collections.ConfigDict(dict(name="tat", teacher_feature="stage9.out"))
   with pytest.raises(PairingError, match=r"stage9\.out.*resnet20.*stage3\.out.*resnet56"):
-    build_method(cfg, student=student, teacher=teacher, num_classes=100)
+    build_method(cfg, student=student, teacher=teacher)
   no_stages = FeatureInfo("mystery", {"pooled": (2, 64)})
   with pytest.raises(PairingError, match=r"no stage outputs.*mystery.*pooled.*resnet56"):
     build_method(ml_collections.ConfigDict(dict(name="tat")), student=no_stages,
-                 teacher=teacher, num_classes=100)
+                 teacher=teacher)
 
 
 def test_hierarchical_grid_is_checked_at_build_time():
@@ -316,7 +316,7 @@ def test_hierarchical_grid_is_checked_at_build_time():
   teacher = info("t", stage3_out=(2, 8, 8, 64))
   cfg = ml_collections.ConfigDict(dict(name="tat", mode="hierarchical"))  # 16×16 grid
   with pytest.raises(ValueError, match="patch grid"):
-    build_method(cfg, student=student, teacher=teacher, num_classes=100)
+    build_method(cfg, student=student, teacher=teacher)
   with pytest.raises(ValueError, match="unknown mode"):
     build_method(ml_collections.ConfigDict(dict(name="tat", mode="local")),
-                 student=student, teacher=teacher, num_classes=100)
+                 student=student, teacher=teacher)

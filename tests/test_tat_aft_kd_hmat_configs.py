@@ -48,8 +48,7 @@ def test_config_builds_its_method_on_the_real_features(rel):
   size = config.data.image_size
   student = feature_info(config.model.name, size)
   teacher = feature_info(config.teacher.name, size)
-  d = methods.build_method(config.method, student=student, teacher=teacher,
-                           num_classes=100, steps_per_epoch=781)
+  d = methods.build_method(config.method, student=student, teacher=teacher, steps_per_epoch=781)
   s_feats = [jax.ShapeDtypeStruct(student.shapes[n], jnp.float32) for n in d.student_features]
   t_feats = [jax.ShapeDtypeStruct(teacher.shapes[n], jnp.float32) for n in d.teacher_features]
   logits = jax.ShapeDtypeStruct((2, 100), jnp.float32)

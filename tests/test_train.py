@@ -92,7 +92,7 @@ def test_stop_and_resume_equals_uninterrupted(digits_data_dir, teacher_dir, tmp_
 
 
 def _one_step(config, mesh_devices, batch, teacher_vars):
-  nets = train.build_networks(config, num_classes=10, steps_per_epoch=4)
+  nets = train.build_networks(config, steps_per_epoch=4)
   mesh = train.make_mesh(mesh_devices)
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   state = jax.jit(functools.partial(train.init_state, nets, image_size=32),

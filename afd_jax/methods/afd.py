@@ -9,8 +9,8 @@ features (queries from the teacher, keys from the student):
     D[b, t, s] = mean_positions (v_s→t[b] − v_t[b])²,
 
 with ``v = l2norm(flatten(mean_c(F²)))`` and the student map first adaptively average
-pooled (PyTorch's bin rule) to the teacher map's spatial size. ``beta`` (default 200) and
-``qk_dim`` (d, default 128) come from the method config. See ``shared/specs/afd.md``.
+pooled (PyTorch's bin rule) to the teacher map's spatial size. See
+``shared/specs/afd.md``; the defaults are in `Config`.
 
 The meta-network (`AFDMetaNetwork`) trains with the student: its ``params`` and
 ``batch_stats`` ride in the method module's variables. The loss arithmetic is written as
@@ -34,7 +34,7 @@ post-activation block outputs; the stem and the pooled vector are never used:
   of MobileNetV2 (17), every unit output of ShuffleNetV1/V2 (16) and every Bottleneck
   output of ResNet50 (16).
 
-``cfg.student_features`` / ``cfg.teacher_features`` (lists of names) override the choice.
+``student_features`` / ``teacher_features`` (lists of names) override the choice.
 
 Deviations from the reference release, none of which changes the training loss:
 
@@ -49,13 +49,15 @@ Deviations from the reference release, none of which changes the training loss:
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afd_jax.methods.base import (Distiller, FeatureInfo, PairingError, cfg_get,
+from afd_jax.analysis import links
+from afd_jax.methods.base import (Distiller, FeatureInfo, LogitTerms, PairingError,
                                   logit_terms, register, require_features)
 from afd_jax.methods.pooling import adaptive_avg_pool, attention_map, l2_normalize
 from afd_jax.models import layers
@@ -64,6 +66,23 @@ from afd_jax.models.features import block_outputs, feature_order_key
 _METHOD = "afd"
 # Nets whose links are every other block output (the reference's resnet110 choice).
 _EVERY_OTHER_BLOCK = frozenset({"resnet110"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(LogitTerms):
+  """AFD's CIFAR-100 setting, from the authors' release (clovaai/attention-feature-
+  distillation, ``train.py`` arguments): CE + 0.9·KD(τ = 4) + 200·L_AFD, meta-network
+  width 128. The paper's ImageNet run uses beta 50 (`configs/imagenet/afd.py`).
+
+  ``student_features`` / ``teacher_features``: explicit feature names to link instead of
+  `afd_feature_names`' per-architecture choice.
+  """
+  kd_weight: float = 0.9
+  temperature: float = 4.0
+  beta: float = 200.0
+  qk_dim: int = 128
+  student_features: tuple[str, ...] | None = None
+  teacher_features: tuple[str, ...] | None = None
 
 
 # ---- feature selection ---------------------------------------------------------------
@@ -96,9 +115,8 @@ def afd_feature_names(info: FeatureInfo, role: str = "network") -> tuple[str, ..
   return require_features(info, wanted, _METHOD, role)
 
 
-def _resolve(cfg, info: FeatureInfo, role: str) -> tuple[str, ...]:
-  """``cfg.<role>_features`` if set (explicit names), else `afd_feature_names`."""
-  explicit = cfg_get(cfg, f"{role}_features", None)
+def _resolve(explicit, info: FeatureInfo, role: str) -> tuple[str, ...]:
+  """`explicit` feature names if given, else `afd_feature_names`."""
   if explicit:
     return require_features(info, explicit, _METHOD, role)
   return afd_feature_names(info, role)
@@ -261,11 +279,9 @@ def afd_loss(att: jnp.ndarray, distances: jnp.ndarray) -> jnp.ndarray:
 class AFD(nn.Module):
   """``ce_weight·CE + kd_weight·KD + beta·L_AFD`` with a learnable meta-network.
 
-  Defaults (the reference's CIFAR-100 setting): CE weight 1, KD weight 0.9 at τ = 4,
-  beta 200, qk_dim 128; each is overridden by the config field of the same name.
   Sows the attention ``att`` (B, nt, ns) as ``intermediates/attention``.
   """
-  cfg: object
+  hp: Config
 
   @nn.compact
   def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
@@ -279,36 +295,31 @@ class AFD(nn.Module):
       train: meta-network BatchNorm in train mode if True.
     """
     t_feats = [jax.lax.stop_gradient(t) for t in t_feats]
-    q, kb, p_t, p_s = AFDMetaNetwork(cfg_get(self.cfg, "qk_dim", 128), name="meta")(
-        s_feats, t_feats, train=train)
+    q, kb, p_t, p_s = AFDMetaNetwork(self.hp.qk_dim, name="meta")(s_feats, t_feats,
+                                                                  train=train)
     att = attention_weights(q, kb, p_t, p_s)
     self.sow("intermediates", "attention", att)
     afd = afd_loss(att, afd_distances(s_feats, t_feats))
-    total, metrics = logit_terms(self.cfg, s_logits, t_logits, labels, ce_weight=1.0,
-                                 kd_weight=0.9, temperature=4.0)
+    total, metrics = logit_terms(self.hp, s_logits, t_logits, labels)
     metrics["afd"] = afd
-    return total + cfg_get(self.cfg, "beta", 200.0) * afd, metrics
+    return total + self.hp.beta * afd, metrics
 
 
-@register(_METHOD)
-def build_afd(cfg, *, student, teacher, num_classes, steps_per_epoch):
-  """Links every selected teacher feature to every selected student feature.
-
-  ``cfg.student_features`` / ``cfg.teacher_features`` (lists of feature names) override
-  the per-architecture selection of `afd_feature_names`.
+@register(_METHOD, Config)
+def build_afd(hp, *, student, teacher, steps_per_epoch):
+  """Links every selected teacher feature to every selected student feature; the link
+  heatmap is drawn after every evaluation.
 
   Raises:
     PairingError: either network lacks the features AFD needs; the message lists the
       features of both.
   """
-  del num_classes, steps_per_epoch
-  if teacher is None:
-    return Distiller(_METHOD, AFD(cfg))  # build_method reports the missing teacher
+  del steps_per_epoch
   try:
-    s = _resolve(cfg, student, "student")
-    t = _resolve(cfg, teacher, "teacher")
+    s = _resolve(hp.student_features, student, "student")
+    t = _resolve(hp.teacher_features, teacher, "teacher")
   except PairingError as e:
     raise PairingError(
         f"{e}\n  student {student.model!r} features: {list(student.shapes)}"
         f"\n  teacher {teacher.model!r} features: {list(teacher.shapes)}") from None
-  return Distiller(_METHOD, AFD(cfg), s, t)
+  return Distiller(_METHOD, AFD(hp), s, t, eval_hooks=(links.link_heatmap_hook,))

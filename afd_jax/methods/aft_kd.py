@@ -49,17 +49,43 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afd_jax.methods.base import (Distiller, cfg_get, cross_entropy, kd_loss,
+from afd_jax.methods.base import (Distiller, check_choice, cross_entropy, kd_loss,
                                   paired_stages, register)
 from afd_jax.methods.pooling import attention_map, l2_normalize, match_spatial
 from afd_jax.models import layers
 
 WEIGHTINGS = ("fixed", "rate")
 RATE_AVERAGES = ("mean", "ema")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """AFT-KD hyperparameters of our interpretation (see the module docstring; no
+  published values exist). ``rate_window_steps`` None means one epoch; ``afb_weight``
+  is one weight for every stage or a tuple with one per stage pair."""
+  ce_weight: float = 1.0
+  kd_weight: float = 1.0
+  temperature: float = 4.0
+  afb_weight: float | tuple[float, ...] = 1000.0
+  feature_weight: float = 1.0
+  weighting: str = "rate"
+  rate_temperature: float = 2.0
+  rate_warmup_windows: int = 2
+  rate_window_steps: int | None = None
+  rate_average: str = "mean"
+  ema_decay: float = 0.99
+  student_stages: tuple[int, ...] | None = None
+  teacher_stages: tuple[int, ...] | None = None
+
+  def __post_init__(self):
+    check_choice("aft_kd", "weighting", self.weighting, WEIGHTINGS)
+    check_choice("aft_kd", "rate_average", self.rate_average, RATE_AVERAGES)
 
 
 # ---- pure loss functions ------------------------------------------------------------
@@ -154,18 +180,18 @@ class AFTKD(nn.Module):
   """``Σ_i w_i · base_i · L_i`` over CE, KD and the per-stage AFB distances.
 
   Attributes:
-    cfg: the method config (fields in the module docstring).
+    hp: the hyperparameters.
     teacher_channels: Ct of each paired teacher stage (φ_k's widths).
     steps_per_epoch: the default rate window.
   """
-  cfg: object
+  hp: Config
   teacher_channels: Sequence[int]
   steps_per_epoch: int = 1
 
   @nn.compact
   def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
     """s_feats/t_feats: lists of (B, H, W, C) per paired stage; returns (loss, metrics)."""
-    cfg = self.cfg
+    hp = self.hp
     names, losses, base = [], [], []
     metrics = {}
 
@@ -176,14 +202,12 @@ class AFTKD(nn.Module):
         losses.append(value)
         base.append(weight)
 
-    add("ce", cross_entropy(s_logits, labels), cfg_get(cfg, "ce_weight", 1.0))
-    kd_w = cfg_get(cfg, "kd_weight", 1.0)
-    if kd_w and t_logits is not None:
-      add("kd", kd_loss(s_logits, t_logits, cfg_get(cfg, "temperature", 4.0)), kd_w)
-    afb_w = cfg_get(cfg, "afb_weight", 1000.0)
-    afb_w = (tuple(afb_w) if isinstance(afb_w, (tuple, list))
-             else (afb_w,) * len(self.teacher_channels))
-    lam = cfg_get(cfg, "feature_weight", 1.0)
+    add("ce", cross_entropy(s_logits, labels), hp.ce_weight)
+    if hp.kd_weight and t_logits is not None:
+      add("kd", kd_loss(s_logits, t_logits, hp.temperature), hp.kd_weight)
+    afb_w = (tuple(hp.afb_weight) if isinstance(hp.afb_weight, (tuple, list))
+             else (hp.afb_weight,) * len(self.teacher_channels))
+    lam = hp.feature_weight
     for k, (s, t, ct) in enumerate(zip(s_feats, t_feats, self.teacher_channels), start=1):
       s, t = match_spatial(s.astype(jnp.float32), t.astype(jnp.float32))
       t = jax.lax.stop_gradient(t)
@@ -195,19 +219,15 @@ class AFTKD(nn.Module):
 
     values = jnp.stack(losses)
     weights = jnp.ones_like(values)
-    if cfg_get(cfg, "weighting", "rate") == "rate":
+    if hp.weighting == "rate":
       state = {key: self.variable("method_state", key, lambda v=v: v)
                for key, v in init_rate_state(len(losses)).items()}
       current = {key: var.value for key, var in state.items()}
-      weights = rate_weights(current, cfg_get(cfg, "rate_temperature", 2.0),
-                             cfg_get(cfg, "rate_warmup_windows", 2))
+      weights = rate_weights(current, hp.rate_temperature, hp.rate_warmup_windows)
       if (train and self.is_mutable_collection("method_state")
           and not self.is_initializing()):
-        # None (an unset config placeholder) means one epoch.
-        window = cfg_get(cfg, "rate_window_steps", None) or self.steps_per_epoch
-        new = update_rate_state(current, values, window,
-                                cfg_get(cfg, "rate_average", "mean"),
-                                cfg_get(cfg, "ema_decay", 0.99))
+        window = hp.rate_window_steps or self.steps_per_epoch  # None: one epoch
+        new = update_rate_state(current, values, window, hp.rate_average, hp.ema_decay)
         for key, var in state.items():
           var.value = new[key]
     weights = jax.lax.stop_gradient(weights)
@@ -216,27 +236,17 @@ class AFTKD(nn.Module):
     return total, metrics
 
 
-@register("aft_kd")
-def build_aft_kd(cfg, *, student, teacher, num_classes, steps_per_epoch):
+@register("aft_kd", Config)
+def build_aft_kd(hp, *, student, teacher, steps_per_epoch):
   """Pairs stage k with stage k (see `paired_stages`).
 
   Raises:
     PairingError: stage counts differ and no explicit stage lists are set.
-    ValueError: unknown ``weighting``/``rate_average``, or ``afb_weight`` of wrong length.
+    ValueError: ``afb_weight`` of wrong length.
   """
-  del num_classes
-  weighting = cfg_get(cfg, "weighting", "rate")
-  average = cfg_get(cfg, "rate_average", "mean")
-  if weighting not in WEIGHTINGS:
-    raise ValueError(f"aft_kd: unknown weighting {weighting!r}; accepted: {WEIGHTINGS}")
-  if average not in RATE_AVERAGES:
-    raise ValueError(f"aft_kd: unknown rate_average {average!r}; accepted: {RATE_AVERAGES}")
-  if teacher is None:
-    return Distiller("aft_kd", AFTKD(cfg, (), steps_per_epoch))
-  s, t = paired_stages("aft_kd", student, teacher, cfg)
-  afb_w = cfg_get(cfg, "afb_weight", 1000.0)
-  if isinstance(afb_w, (tuple, list)) and len(afb_w) != len(t):
-    raise ValueError(f"aft_kd: afb_weight has {len(afb_w)} entries for {len(t)} stage "
-                     f"pairs {list(zip(s, t))}")
+  s, t = paired_stages("aft_kd", student, teacher, hp.student_stages, hp.teacher_stages)
+  if isinstance(hp.afb_weight, tuple) and len(hp.afb_weight) != len(t):
+    raise ValueError(f"aft_kd: afb_weight has {len(hp.afb_weight)} entries for {len(t)} "
+                     f"stage pairs {list(zip(s, t))}")
   channels = tuple(teacher.shapes[n][-1] for n in t)
-  return Distiller("aft_kd", AFTKD(cfg, channels, max(1, steps_per_epoch)), s, t)
+  return Distiller("aft_kd", AFTKD(hp, channels, steps_per_epoch), s, t)

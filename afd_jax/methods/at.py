@@ -1,17 +1,32 @@
 """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), activation-based, p = 2.
 
 For each stage k: ``mean_{b,positions} (a_s − a_t)²`` with ``a = l2norm(flatten(mean_c F²))``,
-summed over stages and weighted by ``beta`` (1000, as in the CRD benchmark). Maps of
-different spatial size are average-pooled to the smaller one (our choice).
+summed over stages and weighted by ``beta``. Maps of different spatial size are
+average-pooled to the smaller one (our choice).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from afd_jax.methods.base import (Distiller, cfg_get, logit_terms, paired_stages,
-                                  register)
+from afd_jax.methods.base import Distiller, LogitTerms, logit_terms, paired_stages, register
 from afd_jax.methods.pooling import attention_map, match_spatial
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(LogitTerms):
+  """AT as the CRD benchmark runs it on CIFAR-100 (RepDistiller README: ``--distill
+  attention -r 1 -a 0 -b 1000``): CE + 1000·Σ_k AT_k, p = 2.
+
+  ``student_stages`` / ``teacher_stages``: 1-based stages to pair (default: all, one to
+  one).
+  """
+  beta: float = 1000.0
+  p: float = 2.0
+  student_stages: tuple[int, ...] | None = None
+  teacher_stages: tuple[int, ...] | None = None
 
 
 def at_loss(s_feats, t_feats, p: float = 2.0) -> jnp.ndarray:
@@ -25,23 +40,21 @@ def at_loss(s_feats, t_feats, p: float = 2.0) -> jnp.ndarray:
 
 class AttentionTransfer(nn.Module):
   """``ce_weight·CE + kd_weight·KD + beta·Σ_k AT_k``; no learnable parts."""
-  cfg: object
+  hp: Config
 
   @nn.compact
   def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
     """Returns (loss, metrics)."""
     del train
-    at = at_loss(s_feats, t_feats, cfg_get(self.cfg, "p", 2.0))
-    total, metrics = logit_terms(self.cfg, s_logits, t_logits, labels)
+    at = at_loss(s_feats, t_feats, self.hp.p)
+    total, metrics = logit_terms(self.hp, s_logits, t_logits, labels)
     metrics["at"] = at
-    return total + cfg_get(self.cfg, "beta", 1000.0) * at, metrics
+    return total + self.hp.beta * at, metrics
 
 
-@register("at")
-def build_at(cfg, *, student, teacher, num_classes, steps_per_epoch):
+@register("at", Config)
+def build_at(hp, *, student, teacher, steps_per_epoch):
   """Pairs every stage output one to one (see `paired_stages`)."""
-  del num_classes, steps_per_epoch
-  if teacher is None:
-    return Distiller("at", AttentionTransfer(cfg))
-  s, t = paired_stages("at", student, teacher, cfg)
-  return Distiller("at", AttentionTransfer(cfg), s, t)
+  del steps_per_epoch
+  s, t = paired_stages("at", student, teacher, hp.student_stages, hp.teacher_stages)
+  return Distiller("at", AttentionTransfer(hp), s, t)

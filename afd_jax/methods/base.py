@@ -1,31 +1,40 @@
-"""The distillation-method interface and registry.
+"""The distillation-method interface: hyperparameters, registry and building.
 
-A method is built once per run from its config and the feature shapes of both networks:
+Every method owns its hyperparameters, once: a frozen dataclass whose field defaults are
+the published values (with the source in its docstring), registered with the builder:
 
-    distiller = build_method(config.method, student=FeatureInfo(...), teacher=FeatureInfo(...),
-                             num_classes=100, steps_per_epoch=782)
+    @register("afd", Config)
+    def build(hp: Config, student: FeatureInfo, teacher: FeatureInfo | None,
+              steps_per_epoch: int) -> Distiller: ...
+
+A run's ``config.method`` holds ``name`` and only the fields that differ from those
+defaults. `resolve` turns it into the method's dataclass, rejecting any field the method
+does not have with an error that lists the ones it has; `build_method` resolves, checks
+that a teacher is given if the method needs one, and calls the builder. So switching
+``config.method.name`` gives the new method its own defaults, never another method's.
 
 `Distiller` holds
 * ``student_features`` / ``teacher_features``: the names (from the models' sown feature
-  lists) the method consumes, resolved and validated at build time, so a pair the method
-  cannot handle fails before any compilation with an error naming both feature lists;
+  lists) the method consumes, resolved and validated at build time;
 * ``module``: a Flax module computing the *whole* objective (CE included, since the
-  methods weight CE differently). It is called as
+  methods weight CE differently), called as
 
       loss, metrics = module.apply(variables, s_feats, t_feats, s_logits, t_logits,
                                    labels, train=True,
                                    mutable=['batch_stats', 'method_state', 'intermediates'])
 
   with ``s_feats``/``t_feats`` lists of (B, H, W, C) arrays in the order of the name
-  tuples. Its learnable parts (AFD meta-network, TaT embeddings, regressors) live in
-  ``'params'``/``'batch_stats'`` and train with the student (same optimizer, same weight
-  decay); non-trainable state (e.g. AFT-KD's loss history) lives in ``'method_state'``.
-  The loss arithmetic itself is written as pure functions of arrays next to each module,
-  which is what the tests check against NumPy references.
+  tuples. Learnable parts (AFD meta-network, TaT embeddings, regressors) live in
+  ``'params'``/``'batch_stats'`` and train with the student; non-trainable state (e.g.
+  AFT-KD's loss history) lives in ``'method_state'``;
+* ``eval_hooks``: analyses run after every evaluation (e.g. AFD's link heatmap), each
+  ``hook(ctx)`` with an `afd_jax.analysis.AnalysisContext`.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import typing
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -48,28 +57,56 @@ class FeatureInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Distiller:
-  """A built method: which features it reads and the module computing its objective."""
+  """A built method: which features it reads, its objective and its analyses."""
   name: str
   module: nn.Module
   student_features: tuple[str, ...] = ()
   teacher_features: tuple[str, ...] = ()
   needs_teacher: bool = True
+  eval_hooks: tuple[Callable[..., None], ...] = ()
 
 
 class PairingError(ValueError):
   """The method cannot pair this teacher's and this student's features."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LogitTerms:
+  """The ``ce_weight·CE + kd_weight·τ²·KL(teacher ‖ student)`` part every method has.
+
+  Subclasses redeclare the defaults their paper uses.
+  """
+  ce_weight: float = 1.0
+  kd_weight: float = 0.0
+  temperature: float = 4.0
+
+
 Builder = Callable[..., Distiller]
-_REGISTRY: dict[str, Builder] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-  """Decorator registering ``builder(cfg, student, teacher, num_classes, steps_per_epoch)``."""
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  builder: Builder
+  hparams: type
+  needs_teacher: bool
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(name: str, hparams: type, *, needs_teacher: bool = True
+             ) -> Callable[[Builder], Builder]:
+  """Decorator registering ``builder(hp, student, teacher, steps_per_epoch)``.
+
+  Args:
+    name: the ``config.method.name`` that selects the method.
+    hparams: the method's frozen hyperparameter dataclass (defaults = published values).
+    needs_teacher: whether the method distils from a teacher (checked before building).
+  """
   def wrap(fn: Builder) -> Builder:
     if name in _REGISTRY:
       raise ValueError(f"method {name!r} registered twice")
-    _REGISTRY[name] = fn
+    _REGISTRY[name] = _Entry(fn, hparams, needs_teacher)
     return fn
   return wrap
 
@@ -79,29 +116,106 @@ def method_names() -> tuple[str, ...]:
   return tuple(sorted(_REGISTRY))
 
 
-def build_method(cfg, *, student: FeatureInfo, teacher: FeatureInfo | None,
-                 num_classes: int, steps_per_epoch: int = 1) -> Distiller:
-  """Builds the method named ``cfg.name`` for this student/teacher pair.
-
-  Raises:
-    ValueError: unknown method name (the message lists the registered ones), or a method
-      that needs a teacher got none.
-    PairingError: the method cannot pair these feature lists.
-  """
-  name = cfg.name
+def _entry(name: str) -> _Entry:
   if name not in _REGISTRY:
     raise ValueError(f"Unknown method {name!r}; accepted: {', '.join(method_names())}")
-  distiller = _REGISTRY[name](cfg, student=student, teacher=teacher,
-                              num_classes=num_classes, steps_per_epoch=steps_per_epoch)
-  if distiller.needs_teacher and teacher is None:
-    raise ValueError(f"method {name!r} needs a teacher: set config.teacher.model and "
-                     "config.teacher.checkpoint")
-  return distiller
+  return _REGISTRY[name]
 
 
-def cfg_get(cfg, key: str, default: Any) -> Any:
-  """``cfg.key`` if the method config defines it, else `default`."""
-  return cfg[key] if key in cfg else default
+def hparams_class(name: str) -> type:
+  """The hyperparameter dataclass of method `name`."""
+  return _entry(name).hparams
+
+
+def needs_teacher(name: str) -> bool:
+  """Whether method `name` distils from a teacher."""
+  return _entry(name).needs_teacher
+
+
+def _freeze(value: Any) -> Any:
+  """Lists (from JSON or the command line) become tuples, so hyperparameters hash."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+def resolve(cfg: Mapping[str, Any]) -> Any:
+  """``config.method`` (``name`` + overrides) -> the method's hyperparameter dataclass.
+
+  Raises:
+    ValueError: unknown method, or a field the method does not have; the message lists
+      the method's fields with their defaults.
+  """
+  name = cfg["name"]
+  cls = hparams_class(name)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  overrides = {k: v for k, v in cfg.items() if k != "name"}
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    accepted = ", ".join(f"{n}={f.default!r}" for n, f in fields.items())
+    raise ValueError(f"method {name!r} has no field(s) {unknown}; its fields (with their "
+                     f"defaults) are: {accepted}")
+  return cls(**{k: _freeze(v) for k, v in overrides.items()})
+
+
+def resolved_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """``{'name': ..., every field: its value}`` of `resolve` (for config.json, logs)."""
+  return {"name": cfg["name"], **dataclasses.asdict(resolve(cfg))}
+
+
+def parse_field(name: str, field: str, text: str) -> Any:
+  """Parses the command-line text of method `name`'s `field` to the field's type.
+
+  ``'0.5'`` for a float, ``'true'`` for a bool, ``'(1,2)'`` for a tuple, ``'none'`` for
+  an optional field; a string field takes the text as written.
+
+  Raises:
+    ValueError: the method has no such field, or the text does not parse as its type.
+  """
+  hints = typing.get_type_hints(hparams_class(name))
+  if field not in hints:
+    resolve({"name": name, field: None})  # raises, listing the accepted fields
+  kind = hints[field]
+  kinds = {typing.get_origin(a) or a for a in (typing.get_args(kind) or (kind,))}
+  if text.strip().lower() == "none" and type(None) in kinds:
+    return None
+  if str in kinds:
+    return text
+  if bool in kinds and text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(value, (list, tuple)) and tuple in kinds:
+    return _freeze(value)
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if float in kinds:
+      return float(value)
+    if int in kinds and isinstance(value, int):
+      return value
+  raise ValueError(f"--config.method.{field}={text!r} is not a valid {kind} for method "
+                   f"{name!r}")
+
+
+def build_method(cfg: Mapping[str, Any], *, student: FeatureInfo,
+                 teacher: FeatureInfo | None, steps_per_epoch: int = 1) -> Distiller:
+  """Builds the method ``cfg['name']`` with its defaults updated by `cfg`'s fields.
+
+  Raises:
+    ValueError: unknown method or field (the message lists the accepted ones), or a
+      method that needs a teacher got none.
+    PairingError: the method cannot pair these feature lists.
+  """
+  hp = resolve(cfg)
+  entry = _entry(cfg["name"])
+  if entry.needs_teacher and teacher is None:
+    raise ValueError(f"method {cfg['name']!r} needs a teacher: set config.teacher.name "
+                     "and config.teacher.checkpoint")
+  if not entry.needs_teacher:
+    teacher = None
+  return entry.builder(hp, student=student, teacher=teacher,
+                       steps_per_epoch=max(1, steps_per_epoch))
 
 
 # ---- loss terms shared by several methods --------------------------------------------
@@ -126,20 +240,13 @@ def kd_loss(s_logits: jnp.ndarray, t_logits: jnp.ndarray, temperature: float) ->
   return temperature ** 2 * jnp.mean(kl)
 
 
-def logit_terms(cfg, s_logits, t_logits, labels, *, ce_weight: float = 1.0,
-                kd_weight: float = 0.0, temperature: float = 4.0):
-  """The common ``ce_weight·CE + kd_weight·KD`` part with its metrics.
-
-  The weights default to the calling method's published values and are overridden by
-  ``cfg.ce_weight`` / ``cfg.kd_weight`` / ``cfg.temperature`` when set.
-  """
-  ce_w = cfg_get(cfg, "ce_weight", ce_weight)
-  kd_w = cfg_get(cfg, "kd_weight", kd_weight)
+def logit_terms(hp: LogitTerms, s_logits, t_logits, labels):
+  """``hp.ce_weight·CE + hp.kd_weight·KD(hp.temperature)`` and its metrics."""
   ce = cross_entropy(s_logits, labels)
-  total, metrics = ce_w * ce, {"ce": ce}
-  if kd_w and t_logits is not None:
-    kd = kd_loss(s_logits, t_logits, cfg_get(cfg, "temperature", temperature))
-    total, metrics["kd"] = total + kd_w * kd, kd
+  total, metrics = hp.ce_weight * ce, {"ce": ce}
+  if hp.kd_weight and t_logits is not None:
+    kd = kd_loss(s_logits, t_logits, hp.temperature)
+    total, metrics["kd"] = total + hp.kd_weight * kd, kd
   return total, metrics
 
 
@@ -159,21 +266,21 @@ def stage_features(info: FeatureInfo) -> tuple[str, ...]:
   return tuple(n for n in info.shapes if n.startswith("stage") and n.endswith(".out"))
 
 
-def paired_stages(method: str, student: FeatureInfo, teacher: FeatureInfo, cfg=None
+def paired_stages(method: str, student: FeatureInfo, teacher: FeatureInfo,
+                  student_stages=None, teacher_stages=None
                   ) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """Stage-aligned (student, teacher) feature names: stage k ↔ stage k.
 
-  ``cfg.student_stages`` / ``cfg.teacher_stages`` (1-based stage indices, equal lengths)
-  override the default of pairing all stages, e.g. for nets with different stage counts.
+  `student_stages` / `teacher_stages` (1-based stage indices, equal lengths; one given
+  means the same for both) override the default of pairing all stages, e.g. for nets
+  with different stage counts.
 
   Raises:
     PairingError: the stage counts differ and no explicit stage lists resolve it; the
       message names both stage lists.
   """
-  s_idx = cfg_get(cfg, "student_stages", None) if cfg is not None else None
-  t_idx = cfg_get(cfg, "teacher_stages", None) if cfg is not None else None
   s_all, t_all = stage_features(student), stage_features(teacher)
-  if s_idx is None and t_idx is None:
+  if student_stages is None and teacher_stages is None:
     if len(s_all) != len(t_all):
       raise PairingError(
           f"method {method!r} pairs stages one to one, but student {student.model!r} has "
@@ -181,10 +288,16 @@ def paired_stages(method: str, student: FeatureInfo, teacher: FeatureInfo, cfg=N
           "config.method.student_stages and config.method.teacher_stages to the 1-based "
           "stage indices to pair")
     return s_all, t_all
-  s_idx = tuple(s_idx if s_idx is not None else t_idx)
-  t_idx = tuple(t_idx if t_idx is not None else s_idx)
+  s_idx = tuple(student_stages if student_stages is not None else teacher_stages)
+  t_idx = tuple(teacher_stages if teacher_stages is not None else student_stages)
   if len(s_idx) != len(t_idx):
     raise PairingError(f"method {method!r}: student_stages {list(s_idx)} and "
                        f"teacher_stages {list(t_idx)} differ in length")
   return (require_features(student, [f"stage{i}.out" for i in s_idx], method, "student"),
           require_features(teacher, [f"stage{i}.out" for i in t_idx], method, "teacher"))
+
+
+def check_choice(method: str, field: str, value: Any, accepted) -> None:
+  """Raises ValueError naming `field`, `value` and the accepted values if not accepted."""
+  if value not in accepted:
+    raise ValueError(f"{method}: unknown {field} {value!r}; accepted: {tuple(accepted)}")

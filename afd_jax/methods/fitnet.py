@@ -7,12 +7,22 @@ average-pooled to the smaller (our choice; CRD uses a strided conv instead).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from afd_jax.methods.base import (Distiller, cfg_get, logit_terms, register,
+from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
                                   require_features)
 from afd_jax.methods.pooling import match_spatial
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(LogitTerms):
+  """FitNet as the CRD benchmark runs it on CIFAR-100 (RepDistiller README: ``--distill
+  hint -r 1 -a 0 -b 100``, ``--hint_layer 2``): CE + 100·MSE at the stage-2 output."""
+  beta: float = 100.0
+  hint_stage: int = 2
 
 
 def hint_loss(regressed: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -22,7 +32,7 @@ def hint_loss(regressed: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
 
 class FitNet(nn.Module):
   """``ce_weight·CE + kd_weight·KD + beta·MSE(regressor(S_hint), T_hint)``."""
-  cfg: object
+  hp: Config
   teacher_channels: int
 
   @nn.compact
@@ -34,18 +44,16 @@ class FitNet(nn.Module):
                      name="regressor_bn")(r)
     r = nn.relu(r)
     hint = hint_loss(r, t)
-    total, metrics = logit_terms(self.cfg, s_logits, t_logits, labels)
+    total, metrics = logit_terms(self.hp, s_logits, t_logits, labels)
     metrics["fitnet"] = hint
-    return total + cfg_get(self.cfg, "beta", 100.0) * hint, metrics
+    return total + self.hp.beta * hint, metrics
 
 
-@register("fitnet")
-def build_fitnet(cfg, *, student, teacher, num_classes, steps_per_epoch):
-  """Hint layer ``stage{hint_stage}.out`` on both nets (default stage 2, as CRD)."""
-  del num_classes, steps_per_epoch
-  if teacher is None:
-    return Distiller("fitnet", FitNet(cfg, 0))
-  k = cfg_get(cfg, "hint_stage", 2)
+@register("fitnet", Config)
+def build_fitnet(hp, *, student, teacher, steps_per_epoch):
+  """Hint layer ``stage{hint_stage}.out`` on both nets."""
+  del steps_per_epoch
+  k = hp.hint_stage
   s = require_features(student, [f"stage{k}.out"], "fitnet", "student")
   t = require_features(teacher, [f"stage{k}.out"], "fitnet", "teacher")
-  return Distiller("fitnet", FitNet(cfg, teacher.shapes[t[0]][-1]), s, t)
+  return Distiller("fitnet", FitNet(hp, teacher.shapes[t[0]][-1]), s, t)

@@ -56,20 +56,42 @@ logged ``position``/``channel``/``act_*`` metrics show the real values.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afd_jax.methods.base import (Distiller, PairingError, cfg_get, logit_terms,
-                                  paired_stages, register)
+from afd_jax.methods.base import (Distiller, LogitTerms, PairingError, check_choice,
+                                  logit_terms, paired_stages, register)
 from afd_jax.methods.pooling import adaptive_avg_pool, attention_map, match_spatial
 from afd_jax.models import layers
 
 DISTANCES = ("kl", "mse")
-DEFAULTS = dict(ce_weight=1.0, kd_weight=1.0, temperature=4.0, position_weight=1.0,
-                activation_weight=1000.0, channel_weight=1.0, position_pool=16)
+MID_REDUCTIONS = ("mean", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(LogitTerms):
+  """HMAT hyperparameters of our interpretation (see the module docstring for how the
+  weights were chosen; no published values exist)."""
+  kd_weight: float = 1.0
+  temperature: float = 4.0
+  position_weight: float = 1.0
+  activation_weight: float = 1000.0
+  channel_weight: float = 1.0
+  position_pool: int = 16
+  position_distance: str = "kl"
+  channel_distance: str = "kl"
+  mid_reduction: str = "mean"
+  student_stages: tuple[int, ...] | None = None
+  teacher_stages: tuple[int, ...] | None = None
+
+  def __post_init__(self):
+    check_choice("hmat", "position_distance", self.position_distance, DISTANCES)
+    check_choice("hmat", "channel_distance", self.channel_distance, DISTANCES)
+    check_choice("hmat", "mid_reduction", self.mid_reduction, MID_REDUCTIONS)
 
 
 # ---- pure loss functions ------------------------------------------------------------
@@ -138,69 +160,54 @@ class HMAT(nn.Module):
   """``CE + α·KD + β_pos·L_pos + β_act·(L_act,mid + L_act,high) + β_ch·L_ch``.
 
   Attributes:
-    cfg: the method config (fields in the module docstring).
+    hp: the hyperparameters.
     teacher_high_channels: Ct of the high level (the channel projection's width).
   """
-  cfg: object
+  hp: Config
   teacher_high_channels: int
 
   @nn.compact
   def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
     """s_feats/t_feats: lists of (B, H, W, C), low → high; returns (loss, metrics)."""
-    cfg = self.cfg
+    hp = self.hp
     pairs = []
     for s, t in zip(s_feats, t_feats):
       s, t = match_spatial(s.astype(jnp.float32), t.astype(jnp.float32))
       pairs.append((s, jax.lax.stop_gradient(t)))
     (s_lo, t_lo), (s_hi, t_hi), mids = pairs[0], pairs[-1], pairs[1:-1]
 
-    pool = cfg_get(cfg, "position_pool", DEFAULTS["position_pool"])
+    pool = hp.position_pool
     l_pos = attention_distance(position_logits(s_lo, pool), position_logits(t_lo, pool),
-                               cfg_get(cfg, "position_distance", "kl"))
+                               hp.position_distance)
     g = layers.conv(self.teacher_high_channels, 1, name="channel_proj_conv")(s_hi)
     g = layers.batch_norm(train, name="channel_proj_bn")(g)
-    l_ch = attention_distance(channel_logits(g), channel_logits(t_hi),
-                              cfg_get(cfg, "channel_distance", "kl"))
+    l_ch = attention_distance(channel_logits(g), channel_logits(t_hi), hp.channel_distance)
     l_act_high = activation_loss(s_hi, t_hi)
     l_act_mid = jnp.zeros((), jnp.float32)
     if mids:
       l_act_mid = sum(activation_loss(s, t) for s, t in mids)
-      if cfg_get(cfg, "mid_reduction", "mean") == "mean":
+      if hp.mid_reduction == "mean":
         l_act_mid = l_act_mid / len(mids)
 
-    total, metrics = logit_terms(cfg, s_logits, t_logits, labels,
-                                 ce_weight=DEFAULTS["ce_weight"],
-                                 kd_weight=DEFAULTS["kd_weight"],
-                                 temperature=DEFAULTS["temperature"])
+    total, metrics = logit_terms(hp, s_logits, t_logits, labels)
     metrics.update(position=l_pos, channel=l_ch, act_mid=l_act_mid, act_high=l_act_high)
-    total = (total
-             + cfg_get(cfg, "position_weight", DEFAULTS["position_weight"]) * l_pos
-             + cfg_get(cfg, "activation_weight", DEFAULTS["activation_weight"])
-             * (l_act_mid + l_act_high)
-             + cfg_get(cfg, "channel_weight", DEFAULTS["channel_weight"]) * l_ch)
+    total = (total + hp.position_weight * l_pos
+             + hp.activation_weight * (l_act_mid + l_act_high)
+             + hp.channel_weight * l_ch)
     return total, metrics
 
 
-@register("hmat")
-def build_hmat(cfg, *, student, teacher, num_classes, steps_per_epoch):
+@register("hmat", Config)
+def build_hmat(hp, *, student, teacher, steps_per_epoch):
   """Stage-aligned levels (see `paired_stages`); at least two pairs (low ≠ high).
 
   Raises:
     PairingError: stage counts differ without explicit stage lists, or fewer than two
       stage pairs.
-    ValueError: unknown distance or mid reduction.
   """
-  del num_classes, steps_per_epoch
-  for key in ("position_distance", "channel_distance"):
-    if cfg_get(cfg, key, "kl") not in DISTANCES:
-      raise ValueError(f"hmat: unknown {key} {cfg[key]!r}; accepted: {DISTANCES}")
-  if cfg_get(cfg, "mid_reduction", "mean") not in ("mean", "sum"):
-    raise ValueError(f"hmat: unknown mid_reduction {cfg.mid_reduction!r}; "
-                     "accepted: ('mean', 'sum')")
-  if teacher is None:
-    return Distiller("hmat", HMAT(cfg, 0))
-  s, t = paired_stages("hmat", student, teacher, cfg)
+  del steps_per_epoch
+  s, t = paired_stages("hmat", student, teacher, hp.student_stages, hp.teacher_stages)
   if len(s) < 2:
     raise PairingError(f"method 'hmat' needs at least two stage pairs (low and high level); "
                        f"got student {list(s)} and teacher {list(t)}")
-  return Distiller("hmat", HMAT(cfg, teacher.shapes[t[-1]][-1]), s, t)
+  return Distiller("hmat", HMAT(hp, teacher.shapes[t[-1]][-1]), s, t)

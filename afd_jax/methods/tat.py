@@ -5,12 +5,12 @@ positions, with mixing weights from an attention between the student (queries) a
 teacher (keys). Semantics follow the authors' public releases (see
 ``/work/shared/specs/tat.md``); the code is our own.
 
-Modes (``cfg.mode``):
+Modes (``mode``):
 
 * ``'global'`` (default; the ImageNet classification release). On the last stage of
   each net: ``q = BN(Conv3x3_q(s))``, ``v = BN(Conv3x3_v(s))`` to the teacher's Ct
   channels (no bias, padding 1); ``k = t`` (or a learnable Conv+BN of ``t`` with
-  ``cfg.learnable_key``); ``A = softmax_j(q kᵀ / temperature)`` (no 1/sqrt(d));
+  ``learnable_key``); ``A = softmax_j(q kᵀ / temperature)`` (no 1/sqrt(d));
   ``out = A v``; ``L = mean (out − t)²`` against the raw teacher feature.
 * ``'hierarchical'`` (the segmentation release, for large maps). Embeddings are
   Conv1x1 (no bias) + BN: ``q = E_q(s)``, ``v = E_v(s)``, ``k = E_k(t)``, and
@@ -29,11 +29,7 @@ row, the teacher post-ReLU): measured 1.3 (wrn_40_2→wrn_16_2), 1.4 (vgg13→vg
 mode defaults to the Pascal VOC ResNet18 release, ``CE + 0.1·(1.0·L_P + 0.4·L_A)`` with a
 16×16 patch grid in 64 groups and a 32×32 anchor grid (it needs maps of at least 16×16).
 
-Config fields: ``mode``; ``student_feature``/``teacher_feature`` (feature names, default
-each net's last ``stage{i}.out``); ``learnable_key`` (default False in global, True in
-hierarchical mode); ``embed_kernel`` (global-mode conv size, 3); ``attention_temperature``
-(1); ``weight``; ``ce_weight``, ``kd_weight``, ``temperature`` (KD τ); hierarchical:
-``patch_grid`` (n, m), ``patch_groups`` G, ``anchor_grid`` (ah, aw), ``beta``, ``gamma``.
+The hyperparameters and their defaults are `Config`'s.
 
 Spatial mismatch (cross-architecture pairs): the larger of the two maps is adaptively
 average-pooled to the smaller one before anything else (our choice, as in `at`/`fitnet`).
@@ -45,24 +41,64 @@ map at B = 256 would need 256·3136²·4 B ≈ 10 GB, which is what the hierarch
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afd_jax.methods.base import (Distiller, PairingError, cfg_get, logit_terms, register,
-                                  stage_features)
+from afd_jax.methods.base import (Distiller, PairingError, check_choice, logit_terms,
+                                  register, stage_features)
 from afd_jax.methods.pooling import match_spatial
 from afd_jax.models import layers
 
 MODES = ("global", "hierarchical")
-# Per-mode defaults: the global mode's are the ImageNet release's, the hierarchical
-# mode's the Pascal VOC (ResNet18 student) release's.
-_DEFAULTS = {
-    "global": dict(ce_weight=0.5, kd_weight=0.5, temperature=1.0, weight=0.1,
-                   learnable_key=False),
-    "hierarchical": dict(ce_weight=1.0, kd_weight=0.0, temperature=1.0, weight=0.1,
+# Per-mode defaults of the fields left None: the global mode's are the ImageNet
+# release's, the hierarchical mode's the Pascal VOC (ResNet18 student) release's.
+_MODE_DEFAULTS = {
+    "global": dict(ce_weight=0.5, kd_weight=0.5, temperature=1.0, learnable_key=False),
+    "hierarchical": dict(ce_weight=1.0, kd_weight=0.0, temperature=1.0,
                          learnable_key=True),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """TaT hyperparameters (sources in the module docstring).
+
+  Attributes:
+    mode: ``'global'`` or ``'hierarchical'``.
+    ce_weight, kd_weight, temperature, learnable_key: None takes the mode's default
+      (global: 0.5, 0.5, τ = 1, False; hierarchical: 1, 0, τ = 1, True).
+    weight: the TaT term's weight (0.1 in both releases).
+    student_feature, teacher_feature: feature names (default: each net's last
+      ``stage{i}.out``).
+    embed_kernel: global-mode embedding conv size (3).
+    attention_temperature: divides the attention logits (1: no 1/sqrt(d)).
+    patch_grid, patch_groups, anchor_grid, beta, gamma: hierarchical mode, ``beta·L_P +
+      gamma·L_A`` over an n×m patch grid in G groups and an ah×aw anchor grid.
+  """
+  mode: str = "global"
+  ce_weight: float | None = None
+  kd_weight: float | None = None
+  temperature: float | None = None
+  learnable_key: bool | None = None
+  weight: float = 0.1
+  student_feature: str | None = None
+  teacher_feature: str | None = None
+  embed_kernel: int = 3
+  attention_temperature: float = 1.0
+  patch_grid: tuple[int, ...] = (16, 16)
+  patch_groups: int = 64
+  anchor_grid: tuple[int, ...] = (32, 32)
+  beta: float = 1.0
+  gamma: float = 0.4
+
+  def __post_init__(self):
+    check_choice("tat", "mode", self.mode, MODES)
+    for key, value in _MODE_DEFAULTS[self.mode].items():
+      if getattr(self, key) is None:
+        object.__setattr__(self, key, value)
 
 
 # ---- pure loss functions ------------------------------------------------------------
@@ -195,10 +231,10 @@ class TargetAwareTransformer(nn.Module):
   """``ce_weight·CE + kd_weight·KD + weight·L_TaT`` with the TaT embeddings as params.
 
   Attributes:
-    cfg: the method config (see the module docstring for the fields).
+    hp: the hyperparameters.
     teacher_channels: Ct, the embeddings' output width.
   """
-  cfg: object
+  hp: Config
   teacher_channels: int
 
   def _embed(self, x: jnp.ndarray, kernel: int, name: str, train: bool) -> jnp.ndarray:
@@ -209,34 +245,25 @@ class TargetAwareTransformer(nn.Module):
   @nn.compact
   def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
     """s_feats = [(B, Hs, Ws, Cs)], t_feats = [(B, Ht, Wt, Ct)]; returns (loss, metrics)."""
-    cfg = self.cfg
-    mode = cfg_get(cfg, "mode", "global")
-    d = _DEFAULTS[mode]
+    hp = self.hp
     s, t = match_spatial(s_feats[0].astype(jnp.float32), t_feats[0].astype(jnp.float32))
     t = jax.lax.stop_gradient(t)
-    temp = cfg_get(cfg, "attention_temperature", 1.0)
-    learnable_key = cfg_get(cfg, "learnable_key", d["learnable_key"])
+    temp = hp.attention_temperature
     metrics = {}
-    if mode == "global":
-      kernel = cfg_get(cfg, "embed_kernel", 3)
-      q = self._embed(s, kernel, "query", train)
-      v = self._embed(s, kernel, "value", train)
-      k = self._embed(t, kernel, "key", train) if learnable_key else t
+    kernel = hp.embed_kernel if hp.mode == "global" else 1
+    q = self._embed(s, kernel, "query", train)
+    v = self._embed(s, kernel, "value", train)
+    k = self._embed(t, kernel, "key", train) if hp.learnable_key else t
+    if hp.mode == "global":
       tat = global_tat_loss(q, k, v, t, temp)
     else:
-      q = self._embed(s, 1, "query", train)
-      v = self._embed(s, 1, "value", train)
-      k = self._embed(t, 1, "key", train) if learnable_key else t
-      lp = patch_group_loss(q, k, v, t, tuple(cfg_get(cfg, "patch_grid", (16, 16))),
-                            cfg_get(cfg, "patch_groups", 64), temp)
-      la = anchor_point_loss(q, k, v, t, tuple(cfg_get(cfg, "anchor_grid", (32, 32))), temp)
+      lp = patch_group_loss(q, k, v, t, tuple(hp.patch_grid), hp.patch_groups, temp)
+      la = anchor_point_loss(q, k, v, t, tuple(hp.anchor_grid), temp)
       metrics.update(tat_patch=lp, tat_anchor=la)
-      tat = cfg_get(cfg, "beta", 1.0) * lp + cfg_get(cfg, "gamma", 0.4) * la
-    total, logit_metrics = logit_terms(cfg, s_logits, t_logits, labels,
-                                       ce_weight=d["ce_weight"], kd_weight=d["kd_weight"],
-                                       temperature=d["temperature"])
+      tat = hp.beta * lp + hp.gamma * la
+    total, logit_metrics = logit_terms(hp, s_logits, t_logits, labels)
     metrics.update(logit_metrics, tat=tat)
-    return total + cfg_get(cfg, "weight", d["weight"]) * tat, metrics
+    return total + hp.weight * tat, metrics
 
 
 def _matched_hw(student, s_name, teacher, t_name) -> tuple[int, int]:
@@ -245,26 +272,21 @@ def _matched_hw(student, s_name, teacher, t_name) -> tuple[int, int]:
   return min(s_shape[1], t_shape[1]), min(s_shape[2], t_shape[2])
 
 
-@register("tat")
-def build_tat(cfg, *, student, teacher, num_classes, steps_per_epoch):
-  """Pairs ``cfg.student_feature`` with ``cfg.teacher_feature`` (default: last stage.out).
+@register("tat", Config)
+def build_tat(hp, *, student, teacher, steps_per_epoch):
+  """Pairs ``hp.student_feature`` with ``hp.teacher_feature`` (default: last stage.out).
 
   Raises:
     PairingError: a named feature is missing, or a net sows no stage outputs.
-    ValueError: unknown mode, or a hierarchical patch grid that does not fit the map.
+    ValueError: a hierarchical patch grid that does not fit the map.
   """
-  del num_classes, steps_per_epoch
-  mode = cfg_get(cfg, "mode", "global")
-  if mode not in MODES:
-    raise ValueError(f"tat: unknown mode {mode!r}; accepted: {', '.join(MODES)}")
-  if teacher is None:
-    return Distiller("tat", TargetAwareTransformer(cfg, 0))
+  del steps_per_epoch
   both = (f"student {student.model!r} has features {list(student.shapes)}, teacher "
           f"{teacher.model!r} has {list(teacher.shapes)}")
   names = []
   for info, role in ((student, "student"), (teacher, "teacher")):
     stages = stage_features(info)
-    name = cfg_get(cfg, f"{role}_feature", None) or (stages[-1] if stages else None)
+    name = getattr(hp, f"{role}_feature") or (stages[-1] if stages else None)
     if name is None or name not in info.shapes:
       missing = (f"{role} feature {name!r} does not exist" if name else
                  f"the {role} sows no stage outputs")
@@ -272,9 +294,8 @@ def build_tat(cfg, *, student, teacher, num_classes, steps_per_epoch):
                          f"config.method.student_feature / teacher_feature")
     names.append((name,))
   s, t = names
-  if mode == "hierarchical":
+  if hp.mode == "hierarchical":
     # Fail at build time, not inside the first compiled step.
-    check_patch_grid(_matched_hw(student, s[0], teacher, t[0]),
-                     tuple(cfg_get(cfg, "patch_grid", (16, 16))),
-                     cfg_get(cfg, "patch_groups", 64))
-  return Distiller("tat", TargetAwareTransformer(cfg, teacher.shapes[t[0]][-1]), s, t)
+    check_patch_grid(_matched_hw(student, s[0], teacher, t[0]), tuple(hp.patch_grid),
+                     hp.patch_groups)
+  return Distiller("tat", TargetAwareTransformer(hp, teacher.shapes[t[0]][-1]), s, t)

@@ -1,0 +1,115 @@
+"""Pure step functions: forward passes, the train step, the eval step, method probes.
+
+Everything here is a pure function of arrays and the static `Networks`; the caller jits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from afd_jax import models
+
+
+def forward(model: nn.Module, variables, images: jax.Array, *, train: bool, rngs=None):
+  """One forward pass that also returns the sown features.
+
+  Args:
+    model: a zoo model.
+    variables: its ``{'params', 'batch_stats'}``.
+    images: (B, H, W, 3).
+    train: batch statistics (and their update) if True, running averages otherwise.
+
+  Returns:
+    ``(logits (B, K), features {name: (B, h, w, c)} in depth order, new batch_stats or
+    None when not training)``.
+  """
+  mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
+  logits, mut = model.apply(variables, images, train=train, mutable=mutable, rngs=rngs)
+  return logits, models.feature_list(mut["intermediates"]), mut.get("batch_stats")
+
+
+def select(features: dict[str, jax.Array], names) -> list[jax.Array]:
+  return [features[n] for n in names]
+
+
+def teacher_outputs(nets, teacher_vars, images):
+  """Frozen teacher: eval-mode BN, no gradient. Returns (logits, selected features)."""
+  if nets.teacher is None:
+    return None, []
+  logits, feats, _ = forward(nets.teacher, teacher_vars, images, train=False)
+  return jax.lax.stop_gradient((logits, select(feats, nets.distiller.teacher_features)))
+
+
+def method_objective(nets, state, params, s_feats, t_feats, s_logits, t_logits, labels, *,
+                     train: bool, mutable, rngs=None):
+  """The one call of the method's module: ``((loss, metrics), updated collections)``."""
+  variables = {"params": params["method"], "batch_stats": state.batch_stats["method"],
+               "method_state": state.method_state}
+  return nets.distiller.module.apply(variables, s_feats, t_feats, s_logits, t_logits,
+                                     labels, train=train, mutable=mutable, rngs=rngs)
+
+
+def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
+               ) -> tuple[Any, dict[str, jax.Array]]:
+  """One SGD step on the method's whole objective.
+
+  Args:
+    nets: the run's static `train_state.Networks`.
+    state: the `train_state.TrainState` (replicated).
+    batch: ``{'image': (B, H, W, 3), 'label': (B,)}``, sharded along B.
+    teacher_vars: the frozen teacher's ``{'params', 'batch_stats'}`` (or None).
+
+  Returns:
+    the new state and float32 scalar metrics (loss, its terms, lr, top1).
+  """
+  images, labels = batch["image"], batch["label"]
+  t_logits, t_feats = teacher_outputs(nets, teacher_vars, images)
+  rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
+
+  def loss_fn(params):
+    s_logits, s_feats, s_stats = forward(
+        nets.student, {"params": params["student"],
+                       "batch_stats": state.batch_stats["student"]},
+        images, train=True, rngs=rngs)
+    (loss, metrics), m_mut = method_objective(
+        nets, state, params, select(s_feats, nets.distiller.student_features), t_feats,
+        s_logits, t_logits, labels, train=True, mutable=["batch_stats", "method_state"],
+        rngs=rngs)
+    return loss, (metrics, s_logits, s_stats, m_mut)
+
+  (loss, (metrics, logits, s_stats, m_mut)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(
+      grads=grads, batch_stats={"student": s_stats, "method": m_mut.get("batch_stats", {})},
+      method_state=m_mut.get("method_state", {}))
+  metrics = dict(metrics, loss=loss, lr=nets.schedule(state.step),
+                 top1=jnp.mean(jnp.argmax(logits, -1) == labels))
+  return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+
+
+def eval_step(model: nn.Module, variables, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Masked sums of correct top-1/top-5 predictions and CE over an eval batch."""
+  logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
+  labels, mask = batch["label"], batch["mask"]
+  top5 = jax.lax.top_k(logits, 5)[1] if logits.shape[-1] >= 5 else jnp.argsort(-logits)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {"correct1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+          "correct5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+          "loss": jnp.sum(ce * mask), "count": jnp.sum(mask)}
+
+
+def method_intermediates(nets, state, batch, teacher_vars) -> dict:
+  """What the method sows in eval mode on `batch` (e.g. AFD's ``attention``)."""
+  s_logits, s_feats, _ = forward(nets.student, {
+      "params": state.params["student"], "batch_stats": state.batch_stats["student"]},
+                                 batch["image"], train=False)
+  t_logits, t_feats = teacher_outputs(nets, teacher_vars, batch["image"])
+  _, mut = method_objective(nets, state, state.params,
+                            select(s_feats, nets.distiller.student_features), t_feats,
+                            s_logits, t_logits, batch["label"], train=False,
+                            mutable=["intermediates"])
+  return mut.get("intermediates", {})

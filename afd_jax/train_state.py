@@ -1,0 +1,115 @@
+"""What a run builds once (`Networks`) and what it carries and checkpoints (`TrainState`)."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from afd_jax import methods, models, optim, steps
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class TrainState(train_state.TrainState):
+  """Everything a run needs to continue exactly where it stopped.
+
+  ``params`` / ``batch_stats`` hold ``{'student': ..., 'method': ...}``: the method's
+  learnable parts (AFD meta-network, regressors, ...) train and checkpoint beside the
+  student. Non-trainable method state (AFT-KD's loss history) is ``method_state``. The
+  data position is ``step`` (the input pipeline is a pure function of it).
+  """
+  batch_stats: Any
+  method_state: Any
+  rng: jax.Array
+
+
+@flax.struct.dataclass
+class Networks:
+  """The static parts of a run (hashable, closed over by the jitted steps)."""
+  student: nn.Module = flax.struct.field(pytree_node=False)
+  teacher: nn.Module | None = flax.struct.field(pytree_node=False)
+  distiller: methods.Distiller = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  schedule: Any = flax.struct.field(pytree_node=False)
+
+
+def dummy_batch(image_size: int, batch: int = 2) -> jnp.ndarray:
+  return jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
+
+
+def feature_shapes(model: nn.Module, image_size: int, batch: int = 2) -> dict[str, tuple]:
+  """Ordered ``{feature name: shape}`` of a model's sown features (no compute)."""
+  x = dummy_batch(image_size, batch)
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), x)
+  _, feats, _ = jax.eval_shape(functools.partial(steps.forward, model, train=True),
+                               variables, x)
+  return {k: tuple(v.shape) for k, v in feats.items()}
+
+
+def build_networks(config: ml_collections.ConfigDict, num_classes: int,
+                   steps_per_epoch: int) -> Networks:
+  """Student, teacher, method and optimizer for `config`; validates their pairing."""
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"Unknown config.model.dtype {config.model.dtype!r}; accepted: "
+                     f"{', '.join(DTYPES)}")
+  dtype = DTYPES[config.model.dtype]
+  student = models.get_model(config.model.name, num_classes, dtype=dtype)
+  teacher = (models.get_model(config.teacher.name, num_classes, dtype=dtype)
+             if config.teacher.name and methods.needs_teacher(config.method.name)
+             else None)
+  size = config.data.image_size
+  s_info = methods.FeatureInfo(config.model.name, feature_shapes(student, size))
+  t_info = (methods.FeatureInfo(config.teacher.name, feature_shapes(teacher, size))
+            if teacher is not None else None)
+  distiller = methods.build_method(config.method, student=s_info, teacher=t_info,
+                                   steps_per_epoch=steps_per_epoch)
+  tx, schedule = optim.create_optimizer(config, steps_per_epoch)
+  return Networks(student, teacher, distiller, tx, schedule)
+
+
+def create(nets: Networks, rng: jax.Array, image_size: int) -> TrainState:
+  """A fresh train state (student + method variables + optimizer state)."""
+  x = dummy_batch(image_size)
+  # Initialise with 'rbg' keys: XLA compiles threefry afresh for every parameter shape,
+  # which made start-up take tens of seconds on CPU; rbg compiles in a fraction of that.
+  init_rng, state_rng = jax.random.split(rng)
+  s_rng, m_rng = jax.random.split(
+      jax.random.wrap_key_data(jax.random.bits(init_rng, (4,), jnp.uint32), impl="rbg"))
+  s_vars = nets.student.init(s_rng, x, train=False)
+  s_logits, s_feats, _ = steps.forward(nets.student, s_vars, x, train=True)
+  if nets.teacher is not None:
+    t_vars = abstract_teacher_variables(nets, image_size)
+    t_logits, t_feats = jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype),
+        jax.eval_shape(functools.partial(steps.teacher_outputs, nets), t_vars, x))
+  else:
+    t_logits, t_feats = None, []
+  labels = jnp.zeros((x.shape[0],), jnp.int32)
+  m_vars = nets.distiller.module.init(
+      m_rng, steps.select(s_feats, nets.distiller.student_features), t_feats, s_logits,
+      t_logits, labels, train=True)
+  return TrainState.create(
+      apply_fn=nets.student.apply, tx=nets.tx,
+      params={"student": s_vars["params"], "method": m_vars.get("params", {})},
+      batch_stats={"student": s_vars.get("batch_stats", {}),
+                   "method": m_vars.get("batch_stats", {})},
+      method_state=m_vars.get("method_state", {}), rng=state_rng)
+
+
+def student_variables(state: TrainState) -> dict[str, Any]:
+  """The student's ``{'params', 'batch_stats'}`` (what evaluation and export use)."""
+  return {"params": state.params["student"], "batch_stats": state.batch_stats["student"]}
+
+
+def abstract_teacher_variables(nets: Networks, image_size: int):
+  """The teacher's variables as ShapeDtypeStructs (to check and restore checkpoints)."""
+  return jax.eval_shape(functools.partial(nets.teacher.init, train=False),
+                        jax.random.PRNGKey(0), dummy_batch(image_size))

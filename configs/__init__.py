@@ -1,0 +1,1 @@
+"""Experiment configs: ``get_config(arg)`` files chosen by argument (see `common`)."""

@@ -1,0 +1,164 @@
+"""Sections shared by every config, and the argument parsing of ``get_config(arg)``.
+
+A config has these sections (every field can be overridden on the command line, e.g.
+``--config.optim.lr=0.1``):
+
+* ``data``: TFDS dataset (``name``, ``data_dir``, ``image_size``, ``download``, splits,
+  ``input_shards`` (default one per process), ...);
+* ``model``: the student (``name`` from `afd_jax.models.MODEL_NAMES`, compute ``dtype``);
+* ``teacher``: ``name`` ('' for none), ``checkpoint`` (a teacher run's workdir, or one
+  orbax step directory inside it) and ``random_init`` (smoke runs only);
+* ``method``: ``name`` from `afd_jax.methods.method_names()` and only the fields that
+  differ from that method's published defaults;
+* ``optim``, ``schedule``: SGD and the learning-rate schedule (epochs-based);
+* ``logging``: log/eval/checkpoint cadence;
+* top level: ``seed``, ``batch_size`` (global), ``eval_batch_size``, ``num_devices``
+  (None = all devices), ``max_steps`` (stop early; the schedule still follows
+  ``schedule.num_epochs``).
+
+Every config file accepts ``runlocal`` in its argument: the same models and method on a
+few `digits` images for two steps, offline, with a random-init teacher (seconds on a CPU).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+
+from configs import pairs
+
+CIFAR_LR_DECAY = (150, 180, 210)
+# CRD's setting: these light students train with lr 0.01 instead of 0.05 on CIFAR-100.
+LOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """``'teacher=wrn_40_2,student=wrn_16_2,runlocal'`` -> ConfigDict over `defaults`.
+
+  A bare word sets a boolean to True; values are strings unless the default is a bool.
+
+  Raises:
+    ValueError: a key that is not in `defaults` (the message lists the accepted ones).
+  """
+  out = ml_collections.ConfigDict(dict(defaults, runlocal=False))
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in out:
+      raise ValueError(f"config argument {key!r} unknown; accepted: {', '.join(out)}")
+    out[key] = (value.lower() in ("", "1", "true")) if isinstance(out[key], bool) else value
+  return out
+
+
+def base() -> ml_collections.ConfigDict:
+  """The CIFAR-100 reference setting of the KD literature (CRD / AFD): SGD lr 0.05,
+  momentum 0.9, wd 5e-4, batch 64, 240 epochs, ×0.1 at epochs 150/180/210."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 64
+  c.eval_batch_size = 256
+  c.num_devices = ml_collections.config_dict.placeholder(int)
+  c.max_steps = ml_collections.config_dict.placeholder(int)
+  c.data = ml_collections.ConfigDict(dict(
+      name="cifar100", data_dir=ml_collections.config_dict.placeholder(str),
+      image_size=32, download=True, train_split="train", eval_split="test",
+      shuffle_buffer=50_000, num_train_examples=ml_collections.config_dict.placeholder(int),
+      num_eval_examples=ml_collections.config_dict.placeholder(int),
+      input_shards=ml_collections.config_dict.placeholder(int), prefetch=2))
+  c.model = ml_collections.ConfigDict(dict(name="wrn_16_2", dtype="float32"))
+  c.teacher = ml_collections.ConfigDict(dict(name="", checkpoint="", random_init=False))
+  c.method = ml_collections.ConfigDict(dict(name="none"))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name="step", num_epochs=240, decay_epochs=CIFAR_LR_DECAY, decay_factor=0.1,
+      warmup_epochs=0))
+  c.logging = ml_collections.ConfigDict(dict(
+      log_every_steps=50, eval_every_epochs=1, checkpoint_every_steps=0,
+      keep_checkpoints=3, progress_bar=True, heatmap_every_epochs=1))
+  return c
+
+
+def imagenet() -> ml_collections.ConfigDict:
+  """ImageNet (ILSVRC2012) ResNet setting: 100 epochs, lr 0.1 ×0.1 at 30/60/90, wd 1e-4,
+  global batch 256 (torchvision's reference recipe, used by CRD and AFD)."""
+  c = base()
+  c.batch_size = 256
+  c.data.update(dict(name="imagenet2012", image_size=224, eval_split="validation",
+                     shuffle_buffer=16_384, prefetch=4))
+  c.model.name = "resnet18_imagenet"
+  c.optim.update(dict(lr=0.1, weight_decay=1e-4))
+  c.schedule.update(dict(num_epochs=100, decay_epochs=(30, 60, 90)))
+  c.logging.log_every_steps = 100
+  return c
+
+
+def digits() -> ml_collections.ConfigDict:
+  """The offline embedded `digits` dataset (scikit-learn's digits at 32×32 RGB)."""
+  c = base()
+  c.data.update(dict(name="digits", shuffle_buffer=2048))
+  c.eval_batch_size = 128
+  c.schedule.update(dict(name="cosine", num_epochs=15, decay_epochs=()))
+  c.logging.update(dict(log_every_steps=10, keep_checkpoints=2))
+  return c
+
+
+_DATASETS = {"cifar100": base, "imagenet2012": imagenet, "digits": digits}
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks `c` to a seconds-long offline smoke run with the same models and method."""
+  c.data.update(dict(name="digits", image_size=32, download=False, shuffle_buffer=64,
+                     num_train_examples=64, num_eval_examples=32, prefetch=1))
+  c.batch_size, c.eval_batch_size = 16, 16
+  c.max_steps = 2
+  c.schedule.update(dict(num_epochs=1, decay_epochs=(), warmup_epochs=0))
+  c.logging.update(dict(log_every_steps=1, keep_checkpoints=2, progress_bar=False))
+  if c.teacher.name:
+    c.teacher.update(dict(checkpoint="", random_init=True))
+  return c
+
+
+def teacher_config(dataset: str, arg: str | None, model: str) -> ml_collections.ConfigDict:
+  """A model trained with cross-entropy only (a teacher, or a student baseline).
+
+  Args:
+    dataset: ``'cifar100'`` or ``'imagenet2012'``.
+    arg: ``'model=<name>[,runlocal]'``.
+    model: the default model.
+  """
+  a = parse_arg(arg, model=model)
+  c = _DATASETS[dataset]()
+  c.model.name = a.model
+  if dataset == "cifar100" and a.model in LOW_LR_MODELS:
+    c.optim.lr = 0.01
+  return runlocal(c) if a.runlocal else c
+
+
+def distill_config(dataset: str, method: str, arg: str | None, teacher: str, student: str,
+                   method_fields: Callable[[Any], dict] | None = None
+                   ) -> ml_collections.ConfigDict:
+  """A student distilled from a teacher with `method`.
+
+  Args:
+    dataset: ``'cifar100'`` or ``'imagenet2012'``.
+    method: default method name (``arg`` may choose another with ``method=``).
+    arg: ``'teacher=<name>,student=<name>[,method=<name>][,runlocal]'``.
+    teacher, student: the default pair.
+    method_fields: ``f(parsed arg) -> {field: value}``, the config file's overrides of the
+      method's defaults (e.g. a per-pair weight).
+
+  The teacher checkpoint is ``runs/<dataset>/<teacher>``, the workdir that
+  ``configs/<dataset>/teacher.py:model=<teacher>`` trains (or a PyTorch import writes).
+  """
+  a = parse_arg(arg, teacher=teacher, student=student, method=method)
+  c = teacher_config(dataset, f"model={a.student}", a.student)
+  c.teacher.update(dict(name=a.teacher, checkpoint=f"runs/{dataset}/{a.teacher}"))
+  c.method = ml_collections.ConfigDict(dict(name=a.method,
+                                            **(method_fields(a) if method_fields else {})))
+  return runlocal(c) if a.runlocal else c
+
+
+def expected(dataset: str, method: str, teacher: str, student: str) -> str:
+  """A docstring-ready line with the published top-1 of this run, from `pairs`."""
+  found = pairs.expected_top1(dataset, method, student, teacher)
+  return "no published number" if found is None else f"{found[0]:.2f} ({found[1]})"
