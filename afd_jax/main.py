@@ -97,6 +97,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   # Config files import `configs.common`: make the repository root importable.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   rest, _METHOD_OVERRIDES[:] = split_method_flags(argv)
+  sys.argv[:] = rest  # config_flags reads its overrides from sys.argv itself
   return flags.FLAGS(rest)
 
 
@@ -106,9 +107,11 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_libraries)
   config = _CONFIG.value
   apply_method_overrides(config, _METHOD_OVERRIDES)
-  from afd_jax import parallel, suite, train  # imports jax / TF: after parsing
+  from afd_jax import methods, parallel, suite, train  # imports jax / TF: after parsing
   if _PRINT_CONFIG.value:
     print(config)
+    if "method" in config:
+      print("RESOLVED_METHOD", methods.resolved_fields(config.method))
     return
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")

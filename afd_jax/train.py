@@ -118,9 +118,9 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     if config.teacher.get("random_init"):
       logging.warning("Teacher %s is randomly initialised (teacher.random_init: smoke "
                       "runs only)", config.teacher.name)
-      teacher_vars = jax.jit(functools.partial(nets.teacher.init, train=False),
-                             out_shardings=replicated)(
-          jax.random.PRNGKey(1), train_state.dummy_batch(config.data.image_size))
+      teacher_vars = jax.jit(functools.partial(
+          train_state.random_teacher_variables, nets, config.data.image_size),
+                             out_shardings=replicated)(jax.random.PRNGKey(1))
     else:
       teacher_vars = jax.device_put(checkpointing.load_teacher_variables(
           config.teacher.checkpoint,

@@ -44,8 +44,9 @@ def dummy_batch(image_size: int, batch: int = 2) -> jnp.ndarray:
   return jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
 
 
+@functools.lru_cache(maxsize=256)
 def feature_shapes(model: nn.Module, image_size: int, batch: int = 2) -> dict[str, tuple]:
-  """Ordered ``{feature name: shape}`` of a model's sown features (no compute)."""
+  """Ordered ``{feature name: shape}`` of a model's sown features (no compute; cached)."""
   x = dummy_batch(image_size, batch)
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.PRNGKey(0), x)
@@ -75,14 +76,18 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int,
   return Networks(student, teacher, distiller, tx, schedule)
 
 
+def rbg_key(rng: jax.Array) -> jax.Array:
+  """An 'rbg' key derived from `rng`, for initialisation: XLA compiles threefry afresh for
+  every parameter shape, which made start-up take tens of seconds on CPU; rbg compiles in
+  a fraction of that."""
+  return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+
+
 def create(nets: Networks, rng: jax.Array, image_size: int) -> TrainState:
   """A fresh train state (student + method variables + optimizer state)."""
   x = dummy_batch(image_size)
-  # Initialise with 'rbg' keys: XLA compiles threefry afresh for every parameter shape,
-  # which made start-up take tens of seconds on CPU; rbg compiles in a fraction of that.
   init_rng, state_rng = jax.random.split(rng)
-  s_rng, m_rng = jax.random.split(
-      jax.random.wrap_key_data(jax.random.bits(init_rng, (4,), jnp.uint32), impl="rbg"))
+  s_rng, m_rng = jax.random.split(rbg_key(init_rng))
   s_vars = nets.student.init(s_rng, x, train=False)
   s_logits, s_feats, _ = steps.forward(nets.student, s_vars, x, train=True)
   if nets.teacher is not None:
@@ -107,6 +112,11 @@ def create(nets: Networks, rng: jax.Array, image_size: int) -> TrainState:
 def student_variables(state: TrainState) -> dict[str, Any]:
   """The student's ``{'params', 'batch_stats'}`` (what evaluation and export use)."""
   return {"params": state.params["student"], "batch_stats": state.batch_stats["student"]}
+
+
+def random_teacher_variables(nets: Networks, image_size: int, rng: jax.Array):
+  """A randomly initialised teacher (``teacher.random_init``: smoke runs only)."""
+  return nets.teacher.init(rbg_key(rng), dummy_batch(image_size), train=False)
 
 
 def abstract_teacher_variables(nets: Networks, image_size: int):

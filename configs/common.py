@@ -108,6 +108,7 @@ _DATASETS = {"cifar100": base, "imagenet2012": imagenet, "digits": digits}
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks `c` to a seconds-long offline smoke run with the same models and method."""
   c.data.update(dict(name="digits", image_size=32, download=False, shuffle_buffer=64,
+                     train_split="train", eval_split="test",
                      num_train_examples=64, num_eval_examples=32, prefetch=1))
   c.batch_size, c.eval_batch_size = 16, 16
   c.max_steps = 2

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from afd_jax import link_heatmap, train  # noqa: E402
+from afd_jax import evaluation, train  # noqa: E402
+from afd_jax.analysis import heatmap  # noqa: E402
 
 
 def main(argv=None) -> str:
@@ -37,13 +38,15 @@ def main(argv=None) -> str:
   if args.data_dir:
     config.data.data_dir = args.data_dir
   run = train.open_run(config, args.workdir, require_checkpoint=True)
-  att = train.link_attention(run)
+  batch = evaluation.Evaluator(run.dataset, run.mesh, config.eval_batch_size).first_batch()
+  att = run.probe(run.state, batch, run.teacher_vars).get("attention")
   if att is None:
     sys.exit(f"error: method {config.method.name!r} of this run has no link attention "
              "(only AFD learns teacher-student links)")
+  att = np.asarray(att[-1]).mean(axis=0)
   out = args.out or os.path.join(args.workdir, "links.png")
   d = run.nets.distiller
-  link_heatmap.save_links_png(
+  heatmap.save_links_png(
       out, att, d.teacher_features, d.student_features,
       title=f"{config.teacher.name} → {config.model.name}, step {int(run.state.step)}")
   np.save(os.path.splitext(out)[0] + ".npy", att)

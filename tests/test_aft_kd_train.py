@@ -8,28 +8,27 @@ import functools
 import jax
 import ml_collections
 import numpy as np
-import pytest
 
-from afd_jax import config_defaults
-
-train = pytest.importorskip("afd_jax.train")
+from afd_jax import train_state
+from afd_jax.steps import train_step
+from configs import common
 
 
 def run_steps(method_fields, steps=3, steps_per_epoch=1):
   """`steps` jitted train steps of resnet8 distilled from a random-init resnet8."""
-  c = config_defaults.base_config()
+  c = common.base()
   c.model.name, c.teacher.name = "resnet8", "resnet8"
   c.method = ml_collections.ConfigDict(method_fields)
-  nets = train.build_networks(c, steps_per_epoch=steps_per_epoch)
-  state = jax.jit(functools.partial(train.init_state, nets, image_size=32))(
+  nets = train_state.build_networks(c, 10, steps_per_epoch=steps_per_epoch)
+  state = jax.jit(functools.partial(train_state.create, nets, image_size=32))(
       jax.random.PRNGKey(0))
   # Same architecture: a second random init serves as the (random) teacher.
-  teacher_state = jax.jit(functools.partial(train.init_state, nets, image_size=32))(
+  teacher_state = jax.jit(functools.partial(train_state.create, nets, image_size=32))(
       jax.random.PRNGKey(1))
   teacher_vars = {"params": teacher_state.params["student"],
                   "batch_stats": teacher_state.batch_stats["student"]}
   first = state
-  step = jax.jit(functools.partial(train.train_step, nets))
+  step = jax.jit(functools.partial(train_step, nets))
   rng = np.random.default_rng(0)
   history = []
   for _ in range(steps):

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from afd_jax import input_pipeline
+from afd_jax import input_pipeline, parallel, transforms
 
 NUM_TRAIN, NUM_TEST = 1437, 360
 
@@ -114,7 +114,7 @@ def test_prefetch_to_device_builds_global_sharded_arrays(digits_data_dir):
   mesh = Mesh(np.array(jax.devices()), ("data",))
   sharding = NamedSharding(mesh, P("data"))
   host = take(input_pipeline.create_train_iterator(config, 16, seed=0), 3)
-  on_device = list(input_pipeline.prefetch_to_device(iter(host), 2, sharding))
+  on_device = list(parallel.prefetch_to_device(iter(host), 2, sharding))
   assert len(on_device) == 3
   for h, d in zip(host, on_device):
     assert isinstance(d["image"], jax.Array) and d["image"].sharding == sharding
@@ -124,7 +124,7 @@ def test_prefetch_to_device_builds_global_sharded_arrays(digits_data_dir):
 
 def test_pad_crop_flip_pads_with_zeros_crops_and_flips():
   ramp = np.tile(np.arange(1, 33, dtype=np.uint8)[None, :, None] * 7, (32, 1, 3))
-  outputs = [input_pipeline.pad_crop_flip(tf.constant(ramp), tf.constant([s, 0]), 32).numpy()
+  outputs = [transforms.pad_crop_flip(tf.constant(ramp), tf.constant([s, 0]), 32).numpy()
              for s in range(24)]
   for out in outputs:
     assert out.shape == (32, 32, 3) and out.dtype == np.float32
@@ -132,7 +132,7 @@ def test_pad_crop_flip_pads_with_zeros_crops_and_flips():
   rows = [out[16, :, 0] for out in outputs]  # the middle row is never padding
   increasing = [np.all(np.diff(r[r > 0]) > 0) for r in rows]
   assert any(increasing) and not all(increasing)  # some flipped, some not
-  again = input_pipeline.pad_crop_flip(tf.constant(ramp), tf.constant([5, 0]), 32).numpy()
+  again = transforms.pad_crop_flip(tf.constant(ramp), tf.constant([5, 0]), 32).numpy()
   np.testing.assert_array_equal(again, outputs[5])
 
 
@@ -140,15 +140,15 @@ def test_imagenet_preprocessing_gives_224_crops():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
   jpeg, png = tf.io.encode_jpeg(image), tf.io.encode_png(image)
-  prep = input_pipeline.get_preprocessing("imagenet2012")
-  assert input_pipeline.get_preprocessing("some_other_tfds_dataset") is prep
+  prep = transforms.get_preprocessing("imagenet2012")
+  assert transforms.get_preprocessing("some_other_tfds_dataset") is prep
   for encoded in (jpeg, png):
     assert prep.eval(encoded, 224).shape == (224, 224, 3)
     crop = prep.train(encoded, tf.constant([1, 2]), 224)
     assert crop.shape == (224, 224, 3)
     np.testing.assert_array_equal(crop, prep.train(encoded, tf.constant([1, 2]), 224))
   # Eval keeps the centre: resizing the shorter side to 256 and cropping 224.
-  centre = input_pipeline.resize_centre_crop(tf.constant(image), 224).numpy()
+  centre = transforms.resize_centre_crop(tf.constant(image), 224).numpy()
   resized = tf.image.resize(image, (256, 341), antialias=True).numpy()
   np.testing.assert_allclose(centre, resized[16:240, 58:282], atol=1e-4)
 

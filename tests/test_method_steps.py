@@ -7,10 +7,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from afd_jax import config_defaults, train
+from afd_jax import steps, train_state
+from configs import common
 
 CASES = [
-    ("afd", "wrn_40_2", "wrn_16_2"),  # the AFD paper's reference pair
+    ("afd", "wrn_16_2", "wrn_16_1"),  # the WRN feature choice (act_in, final.act)
     ("tat", "resnet20", "resnet8"),
     ("aft_kd", "resnet20", "resnet8"),
     ("hmat", "resnet20", "resnet8"),
@@ -21,12 +22,12 @@ CASES = [
 
 @pytest.mark.parametrize("method,teacher,student", CASES)
 def test_one_training_step(method, teacher, student):
-  c = config_defaults.digits_config()
+  c = common.digits()
   c.model.name, c.teacher.name = student, teacher
   c.teacher.checkpoint = "unused"
   c.method = ml_collections.ConfigDict(dict(name=method))
-  nets = train.build_networks(c, steps_per_epoch=4)
-  state = jax.jit(functools.partial(train.init_state, nets, image_size=32))(
+  nets = train_state.build_networks(c, num_classes=10, steps_per_epoch=4)
+  state = jax.jit(functools.partial(train_state.create, nets, image_size=32))(
       jax.random.PRNGKey(0))
   teacher_vars = nets.teacher.init(jax.random.key(1, impl="rbg"), jnp.zeros((2, 32, 32, 3)),
                                    train=False)
@@ -34,7 +35,7 @@ def test_one_training_step(method, teacher, student):
   batch = {"image": jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32)}
   before = jax.device_get(state.params)
-  new_state, metrics = jax.jit(functools.partial(train.train_step, nets))(
+  new_state, metrics = jax.jit(functools.partial(steps.train_step, nets))(
       state, batch, teacher_vars)
   assert int(new_state.step) == 1
   assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0

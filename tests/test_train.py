@@ -12,30 +12,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from afd_jax import checkpointing, config_defaults, train
-
-
-def tiny_config(data_dir, model="resnet8", **overrides) -> ml_collections.ConfigDict:
-  """digits, 64 training images, batch 16 -> 4 steps per epoch, 2 epochs."""
-  c = config_defaults.digits_config()
-  c.data.data_dir = data_dir
-  c.data.num_train_examples = 64
-  c.model.name = model
-  c.batch_size = 16
-  c.eval_batch_size = 120
-  c.num_devices = 1
-  c.schedule.num_epochs = 2
-  c.logging.update(dict(log_every_steps=2, progress_bar=False, keep_checkpoints=3))
-  for k, v in overrides.items():
-    c[k] = v
-  return c
-
-
-def distill(c, teacher_dir, method="kd", teacher="resnet8"):
-  c.teacher.name = teacher
-  c.teacher.checkpoint = teacher_dir
-  c.method = ml_collections.ConfigDict(dict(name=method))
-  return c
+from afd_jax import checkpointing, input_pipeline, metric_writer, parallel, steps, train
+from afd_jax import train_state
+from config_loading import distill, tiny_config
+from configs import common
 
 
 def read_state(workdir, sub="checkpoints"):
@@ -61,7 +41,8 @@ def test_teacher_run_writes_checkpoints_logs_and_config(teacher_dir):
   assert all(np.isfinite(l["train/loss"]) for l in lines if "train/loss" in l)
   assert os.listdir(os.path.join(teacher_dir, "tensorboard"))
   with open(os.path.join(teacher_dir, "config.json")) as f:
-    assert json.load(f)["model"]["name"] == "resnet8"
+    written = json.load(f)
+  assert written["model"]["name"] == "resnet8" and written["method"] == {"name": "none"}
   with open(os.path.join(teacher_dir, "result.json")) as f:
     assert 0.0 <= json.load(f)["top1"] <= 100.0
 
@@ -84,6 +65,14 @@ def test_stop_and_resume_equals_uninterrupted(digits_data_dir, teacher_dir, tmp_
   chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     assert len(f.readlines()) > n_lines_before  # the rerun appended, nothing lost
+  # Each step logged once, in order; the teacher's row once.
+  rows = metric_writer.read_metrics(resumed)
+  train_steps = [r["step"] for r in rows if "train/loss" in r]
+  assert train_steps == sorted(set(train_steps)) == [2, 3, 4, 6, 8]
+  assert sum("teacher/top1" in r for r in rows) == 1
+  with open(os.path.join(resumed, "config.json")) as f:  # resolved method fields
+    assert json.load(f)["method"] == {"name": "kd", "ce_weight": 0.1, "kd_weight": 0.9,
+                                      "temperature": 4.0}
   # a finished run, rerun, trains nothing more and keeps its checkpoints
   again = train.train_and_evaluate(distill(tiny_config(digits_data_dir), teacher_dir),
                                    resumed)
@@ -92,12 +81,12 @@ def test_stop_and_resume_equals_uninterrupted(digits_data_dir, teacher_dir, tmp_
 
 
 def _one_step(config, mesh_devices, batch, teacher_vars):
-  nets = train.build_networks(config, steps_per_epoch=4)
-  mesh = train.make_mesh(mesh_devices)
+  nets = train_state.build_networks(config, 10, steps_per_epoch=4)
+  mesh = parallel.make_mesh(mesh_devices)
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  state = jax.jit(functools.partial(train.init_state, nets, image_size=32),
+  state = jax.jit(functools.partial(train_state.create, nets, image_size=32),
                   out_shardings=repl)(jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(train.train_step, nets),
+  step = jax.jit(functools.partial(steps.train_step, nets),
                  in_shardings=(repl, data, repl), out_shardings=(repl, repl))
   state, metrics = step(state, jax.device_put(batch, data),
                         jax.device_put(teacher_vars, repl))
@@ -106,14 +95,14 @@ def _one_step(config, mesh_devices, batch, teacher_vars):
 
 def test_eight_devices_equal_one_device():
   assert jax.local_device_count() == 8
-  c = config_defaults.digits_config()
+  c = common.digits()
   c.model.name = "resnet8"
   c.teacher.name = "resnet14"
   c.method = ml_collections.ConfigDict(dict(name="at", kd_weight=0.5))
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
            "label": rng.integers(0, 10, 16).astype(np.int32)}
-  teacher = train.build_networks(c, 10, 4).teacher
+  teacher = train_state.build_networks(c, 10, 4).teacher
   teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False)
   one, m1 = _one_step(c, 1, batch, teacher_vars)
   eight, m8 = _one_step(c, 8, batch, teacher_vars)
@@ -142,6 +131,9 @@ def test_bad_configs_raise_clear_errors(digits_data_dir, teacher_dir, tmp_path):
     train.train_and_evaluate(
         distill(tiny_config(digits_data_dir), teacher_dir, teacher="resnet14"),
         str(tmp_path / "f"))
+  with pytest.raises(ValueError, match=r"'kd' has no field.*'beta'.*temperature=4\.0"):
+    train.train_and_evaluate(distill(tiny_config(digits_data_dir), teacher_dir, beta=1.0),
+                             str(tmp_path / "g"))
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(digits_data_dir, tmp_path):
@@ -158,14 +150,15 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(digits_data_dir, tmp_pa
 
 
 def test_afd_run_logs_and_plots_its_links(digits_data_dir, teacher_dir, tmp_path):
-  """A short AFD run, then experiments/plot_afd_links.py on its workdir."""
+  """A short AFD run writes its link heatmap; experiments/plot_afd_links.py redraws it."""
   import importlib.util
   workdir = str(tmp_path / "afd")
   c = distill(tiny_config(digits_data_dir, max_steps=2), teacher_dir, method="afd")
   result = train.train_and_evaluate(c, workdir)
   assert result["step"] == 2 and np.isfinite(result["top1"])
-  tb_files = os.listdir(os.path.join(workdir, "tensorboard"))
-  assert tb_files
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "links.png"), "rb") as f:  # the eval hook's heatmap
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   path = os.path.join(os.path.dirname(__file__), "..", "experiments", "plot_afd_links.py")
   spec = importlib.util.spec_from_file_location("plot_afd_links", path)
   script = importlib.util.module_from_spec(spec)
@@ -178,26 +171,31 @@ def test_afd_run_logs_and_plots_its_links(digits_data_dir, teacher_dir, tmp_path
   np.testing.assert_allclose(att.sum(axis=1), 1.0, rtol=1e-5)  # softmax over students
 
 
-def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_finishes(digits_data_dir, tmp_path,
-                                                                  monkeypatch):
-  """A preemption signal between steps keeps the finished steps; the rerun completes."""
+def test_sigterm_mid_epoch_saves_that_step_and_resume_equals_uninterrupted(
+    digits_data_dir, tmp_path, monkeypatch):
+  """A preemption signal is a flag read between steps: the run saves the step it reached,
+  exits with `Preempted`, and the rerun ends exactly where an uninterrupted run does."""
   import signal
-  from afd_jax import input_pipeline
-  real = input_pipeline.create_train_iterator
+  real = input_pipeline.Dataset.train_iterator
 
-  def preempted_after_three_batches(*args, **kwargs):
-    for i, batch in enumerate(real(*args, **kwargs)):
-      if i == 3:
+  def preempted_after_three_batches(self, *args, **kwargs):
+    for i, batch in enumerate(real(self, *args, **kwargs)):
+      if i == 3:  # the prefetcher (2 ahead) fetches batch 3 while step 2 runs
         signal.raise_signal(signal.SIGTERM)
       yield batch
 
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(tiny_config(digits_data_dir), straight)
   workdir = str(tmp_path / "run")
   handler_before = signal.getsignal(signal.SIGTERM)
-  monkeypatch.setattr(input_pipeline, "create_train_iterator", preempted_after_three_batches)
-  with pytest.raises(KeyboardInterrupt, match="signal"):
+  monkeypatch.setattr(input_pipeline.Dataset, "train_iterator", preempted_after_three_batches)
+  with pytest.raises(train.Preempted) as stopped:
     train.train_and_evaluate(tiny_config(digits_data_dir), workdir)
+  assert stopped.value.signum == signal.SIGTERM
   saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
-  assert len(saved) == 1 and 0 < saved[0] < 4  # mid-epoch: the prefetcher ran ahead
-  assert signal.getsignal(signal.SIGTERM) == (handler_before or signal.SIG_DFL)
-  monkeypatch.setattr(input_pipeline, "create_train_iterator", real)
+  assert saved == [stopped.value.step] and 0 < saved[0] < 4  # mid-epoch
+  assert signal.getsignal(signal.SIGTERM) == handler_before
+  monkeypatch.setattr(input_pipeline.Dataset, "train_iterator", real)
   assert train.train_and_evaluate(tiny_config(digits_data_dir), workdir)["step"] == 8
+  chex.assert_trees_all_close(read_state(workdir)[1], read_state(straight)[1],
+                              rtol=1e-6, atol=1e-6)

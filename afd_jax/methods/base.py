@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import types
 import typing
 from typing import Any, Callable, Mapping
 
@@ -176,7 +177,8 @@ def parse_field(name: str, field: str, text: str) -> Any:
   if field not in hints:
     resolve({"name": name, field: None})  # raises, listing the accepted fields
   kind = hints[field]
-  kinds = {typing.get_origin(a) or a for a in (typing.get_args(kind) or (kind,))}
+  union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+  kinds = {typing.get_origin(a) or a for a in (typing.get_args(kind) if union else (kind,))}
   if text.strip().lower() == "none" and type(None) in kinds:
     return None
   if str in kinds:

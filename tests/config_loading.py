@@ -1,0 +1,42 @@
+"""The tests' one way to load experiment configs and to make tiny training configs."""
+import importlib
+import pathlib
+
+import ml_collections
+
+from configs import common
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIG_FILES = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.py")
+                      if p.name != "__init__.py" and p.parent != CONFIGS or
+                      p.name == "quickstart.py")
+
+
+def load(rel: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of ``configs/<rel>`` (e.g. ``'cifar100/afd.py'``)."""
+  module = importlib.import_module("configs." + rel[:-3].replace("/", "."))
+  return module.get_config(arg)
+
+
+def tiny_config(data_dir, model="resnet8", **overrides) -> ml_collections.ConfigDict:
+  """digits, 64 training images, batch 16 -> 4 steps per epoch, 2 epochs, 1 device."""
+  c = common.digits()
+  c.data.data_dir = data_dir
+  c.data.num_train_examples = 64
+  c.model.name = model
+  c.batch_size = 16
+  c.eval_batch_size = 120
+  c.num_devices = 1
+  c.schedule.num_epochs = 2
+  c.logging.update(dict(log_every_steps=2, progress_bar=False, keep_checkpoints=3))
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def distill(c, teacher_dir, method="kd", teacher="resnet8", **fields):
+  """`c` distilled with `method` from the teacher run in `teacher_dir`."""
+  c.teacher.name = teacher
+  c.teacher.checkpoint = teacher_dir
+  c.method = ml_collections.ConfigDict(dict(name=method, **fields))
+  return c
