@@ -30,6 +30,7 @@ read or write ``.pth`` files; the conversions themselves work on NumPy arrays.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Mapping
 
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from afd_jax import models
+from afd_jax import checkpointing, models
 from afd_jax.models import mobilenet_v2
 
 # Where RepDistiller/CRD, mdistiller and the AFD release keep the state_dict in a .pth.
@@ -297,3 +298,31 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
 
   torch.save(collections.OrderedDict(
       (k, torch.from_numpy(np.array(v))) for k, v in state_dict.items()), path)
+
+
+def import_teacher(model_name: str, checkpoint: str, workdir: str, num_classes: int,
+                   allow_pickle: bool = False) -> dict:
+  """Converts `checkpoint` and writes it as the teacher run `workdir`.
+
+  Returns:
+    the imported ``{'params', 'batch_stats'}``.
+
+  Raises:
+    TorchCheckpointError: the checkpoint does not fit `model_name` (names every key).
+    CheckpointError: `workdir` already holds checkpoints.
+  """
+  state = load_state_dict(checkpoint, allow_pickle=allow_pickle)
+  variables = state_dict_to_variables(model_name, state, num_classes)
+  checkpointing.write_teacher_checkpoint(workdir, variables, {
+      "model": model_name, "num_classes": num_classes, "source": checkpoint})
+  return variables
+
+
+def export_run(workdir: str, model_name: str, output: str, num_classes: int) -> dict:
+  """Writes the run's student as a bare PyTorch state_dict; returns it (NumPy)."""
+  abstract = abstract_variables(model_name, num_classes)
+  variables = checkpointing.load_teacher_variables(workdir, abstract, model_name)
+  state = variables_to_state_dict(model_name, variables)
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  save_state_dict(state, output)
+  return state
