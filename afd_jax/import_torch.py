@@ -18,7 +18,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from afd_jax import models
+from afd_jax import checkpointing, models
 from afd_jax.interop import torch as torch_interop
 
 _MODEL = flags.DEFINE_enum("model", None, models.MODEL_NAMES, "afd_jax model name.")
@@ -48,8 +48,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _EVAL.value and _CONFIG.value is None:
     raise app.UsageError("--eval needs --config (the dataset to evaluate on)")
-  variables = torch_interop.import_teacher(_MODEL.value, _CHECKPOINT.value, _WORKDIR.value,
-                             _NUM_CLASSES.value, _ALLOW_PICKLE.value)
+  try:
+    variables = torch_interop.import_teacher(_MODEL.value, _CHECKPOINT.value,
+                                             _WORKDIR.value, _NUM_CLASSES.value,
+                                             _ALLOW_PICKLE.value)
+  except (torch_interop.TorchCheckpointError, checkpointing.CheckpointError) as e:
+    raise SystemExit(f"error: {e}") from e
   print(f"wrote teacher {_MODEL.value} to {_WORKDIR.value}/best/0")
   if _EVAL.value:
     result = evaluate(_CONFIG.value, _MODEL.value, _NUM_CLASSES.value, variables)

@@ -46,6 +46,9 @@ STATE_DICT_KEYS = ("model", "state_dict", "net")
 _BN_COUNTER = "num_batches_tracked"
 _STAGE_BLOCK = re.compile(r"^stage(\d+)_block(\d+)$")
 _VGG_LAYER = re.compile(r"^stage(\d+)_(conv|bn)(\d+)$")
+# A checkpoint of another architecture mismatches in hundreds of keys; the first few
+# say what is wrong.
+_MAX_PROBLEMS_SHOWN = 8
 
 
 class TorchCheckpointError(ValueError):
@@ -223,10 +226,12 @@ def state_dict_to_variables(model_name: str, state_dict: Mapping[str, Any],
     if key not in expected and not counter:
       problems.append(f"unexpected key {key!r} (shape {tuple(np.shape(state_dict[key]))})")
   if problems:
+    shown = "; ".join(problems[:_MAX_PROBLEMS_SHOWN])
+    more = len(problems) - _MAX_PROBLEMS_SHOWN
     raise TorchCheckpointError(
         f"PyTorch checkpoint does not fit model {model_name!r} (num_classes="
-        f"{num_classes}): " + "; ".join(problems) + ". Check --model and --num_classes "
-        "against the checkpoint's architecture.")
+        f"{num_classes}): {shown}{f'; and {more} more' if more > 0 else ''}. Check "
+        "--model and --num_classes against the checkpoint's architecture.")
 
   out = {"params": {}, "batch_stats": {}}
   for collection, path, key, _, _, to_jax in layout:
