@@ -15,10 +15,11 @@ from afd_jax import checkpointing, models
 from afd_jax.interop import torch as interop
 import torch_models
 
-# One model per family of the issue (CIFAR ResNet, WRN, VGG, MobileNetV2, ShuffleV1/V2,
-# CIFAR ResNet50, CIFAR resnet18, torchvision resnet18/50).
+# One model per family (CIFAR ResNet, WRN, VGG, MobileNetV2, ShuffleV1/V2, CIFAR ResNet50,
+# CIFAR resnet18, torchvision ResNets). torchvision's Bottleneck keys are covered by the
+# layout test of every model below; its numerics equal ResNet50's blocks.
 FAMILY_MODELS = ("resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2",
-                 "ResNet50", "resnet18", "resnet18_imagenet", "resnet50_imagenet")
+                 "ResNet50", "resnet18", "resnet18_imagenet")
 NUM_CLASSES = 10
 
 
@@ -110,11 +111,13 @@ def test_eval_logits_and_features_equal_pytorch(name):
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_every_model_has_the_original_layout_and_round_trips(name):
   abstract = interop.abstract_variables(name, NUM_CLASSES)
-  rng = np.random.default_rng(0)
-  variables = jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32), abstract)
+  # Distinct values in every leaf (exact in float32 below 2^24), so any transpose shows.
+  variables = jax.tree.map(
+      lambda s: np.arange(np.prod(s.shape), dtype=np.float32).reshape(s.shape), abstract)
   exported = interop.variables_to_state_dict(name, variables)
-  want = {k: tuple(v.shape) for k, v in torch_models.build(name, NUM_CLASSES)
-          .state_dict().items()}
+  with torch.device("meta"):  # shapes only: no weights allocated or initialised
+    tmodel = torch_models.build(name, NUM_CLASSES)
+  want = {k: tuple(v.shape) for k, v in tmodel.state_dict().items()}
   assert {k: v.shape for k, v in exported.items()} == want
   back = interop.state_dict_to_variables(name, exported, NUM_CLASSES)
   assert jax.tree.structure(back) == jax.tree.structure(variables)
