@@ -130,3 +130,42 @@ def _find_step_dir(path: str) -> str:
       "or checkpoints/ (train one with its teacher config, e.g. python -m afd_jax.main "
       "--config=configs/cifar100/wrn_40_2.py --workdir=runs/cifar100/wrn_40_2), or a step "
       "directory containing state/")
+
+
+def write_teacher_checkpoint(workdir: str, variables: dict[str, Any],
+                             meta: dict[str, Any]) -> str:
+  """Writes ``variables`` as a teacher run that `load_teacher_variables` reads.
+
+  Layout: ``<workdir>/best/0/state`` (orbax `StandardSave` of ``{'params': {'student':
+  params}, 'batch_stats': {'student': batch_stats}}``, the parts of a train state a
+  teacher needs) and ``<workdir>/best/0/meta`` (JSON, e.g. model name, source checkpoint,
+  num_classes), as a training run's best checkpoint.
+
+  Args:
+    workdir: the teacher directory to create (distillation configs'
+      ``teacher.checkpoint``).
+    variables: ``{'params': ..., 'batch_stats': ...}`` of the teacher model.
+    meta: JSON-serialisable description.
+
+  Returns:
+    the step directory written, ``<workdir>/best/0``.
+
+  Raises:
+    CheckpointError: `workdir` already holds a non-empty ``best/`` or ``checkpoints/``
+      (nothing is overwritten or deleted).
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  for sub in ("best", "checkpoints"):
+    d = os.path.join(workdir, sub)
+    if os.path.isdir(d) and os.listdir(d):
+      raise CheckpointError(
+          f"{d} already exists and is not empty; refusing to overwrite a run's "
+          "checkpoints. Choose another --workdir or move it away.")
+  tree = {"params": {"student": variables["params"]},
+          "batch_stats": {"student": variables["batch_stats"]}}
+  manager = _manager(os.path.join(workdir, "best"), 1, best=False)
+  manager.save(0, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(dict(meta))))
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(workdir, "best", "0")

@@ -34,7 +34,7 @@ from afd_jax.models.wide_resnet import WideResNet
 __all__ = ["MODEL_NAMES", "feature_list", "get_model"]
 
 _p = functools.partial
-# Each constructor takes (num_classes, dtype=...).
+# Each constructor takes (num_classes, dtype=..., **model-specific attributes).
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": _p(cifar_resnet, d) for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": _p(cifar_resnet, 8, wide=True),
@@ -56,7 +56,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
-def get_model(name: str, num_classes: int, dtype: Any = jnp.float32) -> nn.Module:
+def get_model(name: str, num_classes: int, dtype: Any = jnp.float32,
+              **kwargs: Any) -> nn.Module:
   """Builds the model called ``name``.
 
   Args:
@@ -64,6 +65,8 @@ def get_model(name: str, num_classes: int, dtype: Any = jnp.float32) -> nn.Modul
       ``'MobileNetV2'``, ``'resnet18_imagenet'``).
     num_classes: classifier outputs.
     dtype: computation dtype; parameters stay float32 and logits are float32.
+    **kwargs: model-specific attributes, e.g. ``bn1_twice=True`` for a WRN (the AFD
+      release's BatchNorm running statistics, see `wide_resnet.py`).
 
   Returns:
     a module applied as ``model.apply(variables, x, train=...)`` with x (B, H, W, 3).
@@ -74,4 +77,4 @@ def get_model(name: str, num_classes: int, dtype: Any = jnp.float32) -> nn.Modul
   if name not in _REGISTRY:
     raise ValueError(
         f"Unknown model name {name!r}; accepted names: {', '.join(MODEL_NAMES)}.")
-  return _REGISTRY[name](num_classes, dtype=dtype)
+  return _REGISTRY[name](num_classes, dtype=dtype, **kwargs)

@@ -114,4 +114,7 @@ class MobileNetV2(nn.Module):
     head_width = int(_HEAD_WIDTH * self.width) if self.width > 1 else _HEAD_WIDTH
     x = layers.conv(head_width, 1, dtype=self.dtype, name="conv_head")(x)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn_head")(x))
-    return layers.classifier_head(self, x, self.num_classes, name="classifier")
+    # The zoo's classifier init: N(0, 0.01) weights, zero bias.
+    return layers.classifier_head(self, x, self.num_classes, name="classifier",
+                                  kernel_init=layers.small_normal_init,
+                                  bias_init=nn.initializers.zeros)

@@ -35,6 +35,9 @@ from afd_jax.models import layers
 
 Dtype = Any
 
+# The zoo's ShuffleNets never re-initialise their convs: PyTorch's default init.
+_conv = functools.partial(layers.conv, kernel_init=layers.torch_default_conv_init)
+
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
   """Interleave channel groups: (B, H, W, g*n) viewed as (g, n) -> transposed (n, g)."""
@@ -66,12 +69,12 @@ class ShuffleV1Block(nn.Module):
     C_out is ``features`` for stride 1 and ``features + C_in`` for stride 2.
     """
     mid = self.features // 4
-    y = layers.conv(mid, 1, groups=self.first_groups, dtype=self.dtype, name="conv1")(x)
+    y = _conv(mid, 1, groups=self.first_groups, dtype=self.dtype, name="conv1")(x)
     y = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(y))
     y = channel_shuffle(y, self.first_groups)
-    y = layers.conv(mid, 3, self.stride, groups=mid, dtype=self.dtype, name="conv2")(y)
+    y = _conv(mid, 3, self.stride, groups=mid, dtype=self.dtype, name="conv2")(y)
     y = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn2")(y))
-    y = layers.conv(self.features, 1, groups=self.groups, dtype=self.dtype,
+    y = _conv(self.features, 1, groups=self.groups, dtype=self.dtype,
                     name="conv3")(y)
     y = layers.batch_norm(train, dtype=self.dtype, name="bn3")(y)
     if self.stride == 2:
@@ -103,7 +106,7 @@ class ShuffleNetV1(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """Maps images (B, H, W, 3) to float32 logits (B, num_classes); sows features."""
-    x = layers.conv(24, 1, dtype=self.dtype, name="conv1")(x)
+    x = _conv(24, 1, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(x))
     self.sow("intermediates", "stem", x)
 
@@ -136,15 +139,15 @@ class ShuffleV2DownBlock(nn.Module):
     """Maps (B, H, W, C_in) to (B, H/2, W/2, features), post-ReLU."""
     c_in, mid = x.shape[-1], self.features // 2
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
-    left = layers.conv(c_in, 3, 2, groups=c_in, dtype=self.dtype, name="conv1")(x)
+    left = _conv(c_in, 3, 2, groups=c_in, dtype=self.dtype, name="conv1")(x)
     left = bn(name="bn1")(left)
-    left = layers.conv(mid, 1, dtype=self.dtype, name="conv2")(left)
+    left = _conv(mid, 1, dtype=self.dtype, name="conv2")(left)
     left = nn.relu(bn(name="bn2")(left))
-    right = layers.conv(mid, 1, dtype=self.dtype, name="conv3")(x)
+    right = _conv(mid, 1, dtype=self.dtype, name="conv3")(x)
     right = nn.relu(bn(name="bn3")(right))
-    right = layers.conv(mid, 3, 2, groups=mid, dtype=self.dtype, name="conv4")(right)
+    right = _conv(mid, 3, 2, groups=mid, dtype=self.dtype, name="conv4")(right)
     right = bn(name="bn4")(right)
-    right = layers.conv(mid, 1, dtype=self.dtype, name="conv5")(right)
+    right = _conv(mid, 1, dtype=self.dtype, name="conv5")(right)
     right = nn.relu(bn(name="bn5")(right))
     return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
 
@@ -167,11 +170,11 @@ class ShuffleV2Block(nn.Module):
     c = x.shape[-1] // 2
     x1, x2 = x[..., :c], x[..., c:]
     bn = functools.partial(layers.batch_norm, train, dtype=self.dtype)
-    y = layers.conv(c, 1, dtype=self.dtype, name="conv1")(x2)
+    y = _conv(c, 1, dtype=self.dtype, name="conv1")(x2)
     y = nn.relu(bn(name="bn1")(y))
-    y = layers.conv(c, 3, groups=c, dtype=self.dtype, name="conv2")(y)
+    y = _conv(c, 3, groups=c, dtype=self.dtype, name="conv2")(y)
     y = bn(name="bn2")(y)
-    y = layers.conv(c, 1, dtype=self.dtype, name="conv3")(y)
+    y = _conv(c, 1, dtype=self.dtype, name="conv3")(y)
     y = bn(name="bn3")(y)
     preact = channel_shuffle(jnp.concatenate([x1, y], axis=-1), 2)
     out = channel_shuffle(jnp.concatenate([x1, nn.relu(y)], axis=-1), 2)
@@ -197,7 +200,7 @@ class ShuffleNetV2(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """Maps images (B, H, W, 3) to float32 logits (B, num_classes); sows features."""
-    x = layers.conv(24, 1, dtype=self.dtype, name="conv1")(x)
+    x = _conv(24, 1, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(x))
     self.sow("intermediates", "stem", x)
 
@@ -210,6 +213,6 @@ class ShuffleNetV2(nn.Module):
       self.sow("intermediates", f"stage{i}.preact", preact)
       self.sow("intermediates", f"stage{i}.out", x)
 
-    x = layers.conv(self.head_width, 1, dtype=self.dtype, name="conv2")(x)
+    x = _conv(self.head_width, 1, dtype=self.dtype, name="conv2")(x)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn2")(x))
     return layers.classifier_head(self, x, self.num_classes, name="linear")

@@ -63,7 +63,10 @@ class VGG(nn.Module):
       self.sow("intermediates", f"stage{i}.preact", preact)
       self.sow("intermediates", f"stage{i}.out", x)
 
-    return layers.classifier_head(self, x, self.num_classes, name="classifier")
+    # The zoo's classifier init: N(0, 0.01) weights, zero bias.
+    return layers.classifier_head(self, x, self.num_classes, name="classifier",
+                                  kernel_init=layers.small_normal_init,
+                                  bias_init=nn.initializers.zeros)
 
 
 def vgg(depth: int, num_classes: int, *, dtype: Dtype = jnp.float32) -> VGG:

@@ -7,9 +7,16 @@ is omitted (the zoo's drop rate is 0).
 
 A block computes ``act_in = relu(bn1(x))`` once, feeds it to its conv path and, when the
 width or resolution changes, to the 1x1 projection shortcut (otherwise the shortcut is
-the raw ``x``), and returns the raw residual sum. The reference implementation re-runs
-``bn1`` to extract features, updating its running statistics twice per step; here the
-block returns ``act_in`` so the parent can sow it.
+the raw ``x``), and returns the raw residual sum; it returns ``act_in`` too so the parent
+can sow it.
+
+Compatibility switch ``bn1_twice`` (off by default): the AFD release's WRN applies each
+block's ``bn1`` twice per training forward (once to extract the feature, once in the
+block), so its ``bn1`` running statistics move twice per step with the same batch
+statistics (effective momentum 1 - 0.9^2 = 0.19). With ``bn1_twice=True`` every block's
+``bn1`` does the same, so a WRN trained here has the release's running statistics; the
+outputs are unchanged either way (train mode normalises with batch statistics).
+Initialisation follows the zoo: Kaiming fan-out convs, classifier bias zero.
 
 Sown features (see `features.py`), stages = the 3 residual stages:
 
@@ -41,10 +48,12 @@ class WideBasicBlock(nn.Module):
   Attributes:
     features: output channels.
     stride: stride of the first conv (and of the shortcut projection).
+    bn1_twice: move ``bn1``'s running statistics twice per call (AFD-release quirk).
     dtype: computation dtype.
   """
   features: int
   stride: int = 1
+  bn1_twice: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -55,7 +64,9 @@ class WideBasicBlock(nn.Module):
       out: the raw residual sum, (B, H/s, W/s, features).
       act_in: ``relu(bn1(x))``, (B, H, W, C_in).
     """
-    act_in = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(x))
+    act_in = nn.relu(layers.batch_norm(train, dtype=self.dtype,
+                                       running_updates=2 if self.bn1_twice else 1,
+                                       name="bn1")(x))
     y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(act_in)
     y = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn2")(y))
     y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
@@ -75,11 +86,14 @@ class WideResNet(nn.Module):
     widen_factor: k.
     num_classes: classifier outputs.
     dtype: computation dtype (parameters are float32).
+    bn1_twice: the AFD release's running statistics for every block's ``bn1`` (see the
+      module docstring); off by default.
   """
   depth: int
   widen_factor: int
   num_classes: int
   dtype: Dtype = jnp.float32
+  bn1_twice: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -94,7 +108,7 @@ class WideResNet(nn.Module):
     for i, width in enumerate(widths, 1):
       for j in range(1, n + 1):
         stride = 2 if (i > 1 and j == 1) else 1
-        x, act_in = WideBasicBlock(width, stride, dtype=self.dtype,
+        x, act_in = WideBasicBlock(width, stride, self.bn1_twice, dtype=self.dtype,
                                    name=f"stage{i}_block{j}")(x, train)
         self.sow("intermediates", f"stage{i}.block{j}.act_in", act_in)
         if i > 1 and j == 1:
@@ -107,4 +121,5 @@ class WideResNet(nn.Module):
     self.sow("intermediates", "final.act", x)
     self.sow("intermediates", f"stage{len(widths)}.out", x)
 
-    return layers.classifier_head(self, x, self.num_classes, name="fc")
+    return layers.classifier_head(self, x, self.num_classes, name="fc",
+                                  bias_init=nn.initializers.zeros)

@@ -1,0 +1,333 @@
+"""PyTorch checkpoints <-> afd_jax variables, in the layouts of the published zoos.
+
+Every zoo model with a PyTorch original maps one-to-one onto that original's
+``state_dict``:
+
+* ``resnet8 .. resnet110``, ``resnet8x4``, ``resnet32x4``: RepDistiller/CRD ``resnet.py``
+  (``conv1``, ``bn1``, ``layer{i}.{j}.{conv,bn}{1,2}``, ``layer{i}.{j}.downsample.{0,1}``,
+  ``fc``);
+* ``resnet18``, ``resnet34``, ``ResNet50`` (CIFAR stem): RepDistiller ``resnetv2.py``
+  (shortcut ``layer{i}.{j}.shortcut.{0,1}``, classifier ``linear``);
+* ``resnet{18,34,50}_imagenet``: torchvision ``resnet.py`` (as the CIFAR ResNets, with
+  ``conv3``/``bn3`` in Bottlenecks);
+* ``wrn_*``: RepDistiller ``wrn.py`` = the AFD release's ``wrn.py``
+  (``block{i}.layer.{j}.{bn1,conv1,bn2,conv2,convShortcut}``, final ``bn1``, ``fc``);
+* ``vgg*``: RepDistiller ``vgg.py`` (``block{g}.{3k}`` conv, ``block{g}.{3k+1}`` BN,
+  ``classifier``);
+* ``MobileNetV2``: RepDistiller ``mobilenetv2.py`` (``conv1.{0,1}``,
+  ``blocks.{row}.{k}.conv.{0,1,3,4,6,7}``, ``conv2.{0,1}``, ``classifier.0``);
+* ``ShuffleV1``, ``ShuffleV2``: RepDistiller ``ShuffleNetv1.py``/``v2.py``
+  (``conv1``, ``bn1``, ``layer{i}.{j}.*``, [``conv2``, ``bn2``], ``linear``).
+
+Tensors convert as: conv weight (O, I/g, kh, kw) <-> kernel (kh, kw, I/g, O); linear
+weight (O, I) <-> kernel (I, O); BN ``weight``/``bias``/``running_mean``/``running_var``
+<-> ``scale``/``bias`` (params) and ``mean``/``var`` (batch_stats). PyTorch's
+``num_batches_tracked`` counters have no afd_jax counterpart: ignored on import, written
+as one value for all BNs on export.
+
+This is the only afd_jax module that imports torch, and only inside the functions that
+read or write ``.pth`` files; the conversions themselves work on NumPy arrays.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afd_jax import checkpointing, models
+from afd_jax.models import mobilenet_v2
+
+# Where RepDistiller/CRD, mdistiller and the AFD release keep the state_dict in a .pth.
+STATE_DICT_KEYS = ("model", "state_dict", "net")
+_BN_COUNTER = "num_batches_tracked"
+_STAGE_BLOCK = re.compile(r"^stage(\d+)_block(\d+)$")
+_VGG_LAYER = re.compile(r"^stage(\d+)_(conv|bn)(\d+)$")
+# A checkpoint of another architecture mismatches in hundreds of keys; the first few
+# say what is wrong.
+_MAX_PROBLEMS_SHOWN = 8
+
+
+class TorchCheckpointError(ValueError):
+  """A PyTorch checkpoint does not fit the afd_jax model it is converted into."""
+
+
+def _family(model_name: str) -> str:
+  if model_name not in models.MODEL_NAMES:
+    raise ValueError(f"Unknown model name {model_name!r}; accepted names: "
+                     f"{', '.join(models.MODEL_NAMES)}.")
+  if model_name.endswith("_imagenet"):
+    return "torchvision"
+  if model_name in ("resnet18", "resnet34", "ResNet50"):
+    return "resnetv2"
+  if model_name.startswith("resnet"):
+    return "cifar_resnet"
+  if model_name.startswith("wrn_"):
+    return "wrn"
+  if model_name.startswith("vgg"):
+    return "vgg"
+  return model_name  # MobileNetV2, ShuffleV1, ShuffleV2
+
+
+def _mobilenet_rows() -> dict[tuple[int, int], str]:
+  """Our (stage, block) -> the original's ``blocks.{row}.{k}`` (rows of `_STAGES`)."""
+  out, row = {}, 0
+  for i, rows in enumerate(mobilenet_v2._STAGES, 1):
+    j = 0
+    for _, _, repeats, _ in rows:
+      for k in range(repeats):
+        j += 1
+        out[(i, j)] = f"blocks.{row}.{k}"
+      row += 1
+  return out
+
+
+_MOBILENET_BLOCK = {"conv_expand": "conv.0", "bn_expand": "conv.1", "conv_dw": "conv.3",
+                    "bn_dw": "conv.4", "conv_project": "conv.6", "bn_project": "conv.7"}
+_MOBILENET_TOP = {"conv_stem": "conv1.0", "bn_stem": "conv1.1", "conv_head": "conv2.0",
+                  "bn_head": "conv2.1", "classifier": "classifier.0"}
+
+
+def torch_module_name(model_name: str, path: tuple[str, ...]) -> str:
+  """The original PyTorch module name of the Flax submodule at `path`.
+
+  Args:
+    model_name: a name of `models.MODEL_NAMES`.
+    path: Flax module path, e.g. ``('stage2_block1', 'downsample_conv')``.
+
+  Returns:
+    e.g. ``'layer2.0.downsample.0'`` (CIFAR ResNet) or ``'layer2.0.shortcut.0'``
+    (resnetv2).
+  """
+  family = _family(model_name)
+  head, rest = path[0], list(path[1:])
+  m = _STAGE_BLOCK.match(head)
+  if family == "vgg":
+    v = _VGG_LAYER.match(head)
+    if v:
+      offset = 0 if v.group(2) == "conv" else 1
+      return f"block{int(v.group(1)) - 1}.{3 * (int(v.group(3)) - 1) + offset}"
+    return head
+  if family == "MobileNetV2":
+    if m:
+      block = _mobilenet_rows()[(int(m.group(1)), int(m.group(2)))]
+      return ".".join([block] + [_MOBILENET_BLOCK[r] for r in rest])
+    return _MOBILENET_TOP[head]
+  if family == "wrn":
+    if m:
+      inner = ["convShortcut" if r == "conv_shortcut" else r for r in rest]
+      return ".".join([f"block{m.group(1)}.layer.{int(m.group(2)) - 1}"] + inner)
+    return "bn1" if head == "bn_final" else head
+  if m:
+    shortcut = "shortcut" if family == "resnetv2" else "downsample"
+    inner = [{"downsample_conv": f"{shortcut}.0", "downsample_bn": f"{shortcut}.1"}.get(r, r)
+             for r in rest]
+    return ".".join([f"layer{m.group(1)}.{int(m.group(2)) - 1}"] + inner)
+  if head == "fc" and family == "resnetv2":
+    return "linear"
+  return head
+
+
+def _leaf_spec(leaf: str, value_shape: tuple[int, ...]):
+  """(torch tensor name, jax->torch array transform, torch->jax transform)."""
+  if leaf == "kernel" and len(value_shape) == 4:
+    return "weight", (lambda a: np.transpose(a, (3, 2, 0, 1))), (
+        lambda a: np.transpose(a, (2, 3, 1, 0)))
+  if leaf == "kernel" and len(value_shape) == 2:
+    return "weight", np.transpose, np.transpose
+  name = {"scale": "weight", "bias": "bias", "mean": "running_mean",
+          "var": "running_var"}[leaf]
+  return name, (lambda a: a), (lambda a: a)
+
+
+def _torch_layout(model_name: str, variables: Mapping[str, Any]):
+  """[(collection, flax path, torch key, torch shape, to_torch, to_jax)] for every leaf."""
+  out = []
+  for collection in ("params", "batch_stats"):
+    flat = jax.tree_util.tree_flatten_with_path(variables[collection])[0]
+    for keypath, value in flat:
+      path = tuple(k.key for k in keypath)
+      shape = tuple(value.shape)
+      name, to_torch, to_jax = _leaf_spec(path[-1], shape)
+      key = f"{torch_module_name(model_name, path[:-1])}.{name}"
+      torch_shape = tuple(to_torch(np.empty(shape, np.float32)).shape)
+      out.append((collection, path, key, torch_shape, to_torch, to_jax))
+  return out
+
+
+def abstract_variables(model_name: str, num_classes: int, **model_kwargs: Any) -> dict:
+  """``{'params', 'batch_stats'}`` of the model as ShapeDtypeStructs (nothing computed)."""
+  model = models.get_model(model_name, num_classes, **model_kwargs)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                          jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  return {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
+
+
+def variables_to_state_dict(model_name: str, variables: Mapping[str, Any],
+                            num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+  """afd_jax ``{'params', 'batch_stats'}`` -> the original's ``state_dict`` (NumPy).
+
+  Args:
+    model_name: the model the variables belong to.
+    variables: its params and batch_stats (arrays of any kind).
+    num_batches_tracked: written into every BN's ``num_batches_tracked`` (int64).
+
+  Returns:
+    ``{torch key: float32 array}`` in PyTorch layout (conv weights (O, I/g, kh, kw),
+    linear (O, I)); wrap with ``torch.from_numpy`` or use `save_state_dict`.
+  """
+  state = {}
+  for collection, path, key, _, to_torch, _ in _torch_layout(model_name, variables):
+    value = variables[collection]
+    for p in path:
+      value = value[p]
+    state[key] = np.ascontiguousarray(to_torch(np.asarray(value, np.float32)))
+    if path[-1] == "mean":
+      state[key[:-len("running_mean")] + _BN_COUNTER] = np.asarray(num_batches_tracked,
+                                                                   np.int64)
+  return state
+
+
+def state_dict_to_variables(model_name: str, state_dict: Mapping[str, Any],
+                            num_classes: int, **model_kwargs: Any) -> dict[str, Any]:
+  """The original's ``state_dict`` -> afd_jax ``{'params', 'batch_stats'}``.
+
+  Args:
+    model_name: the afd_jax model to fill.
+    state_dict: ``{key: array}`` (NumPy arrays or CPU tensors), without ``module.``.
+    num_classes: the model's classifier outputs.
+    **model_kwargs: passed to `models.get_model`.
+
+  Returns:
+    float32 jnp variables that ``models.get_model(model_name, num_classes).apply``
+    accepts.
+
+  Raises:
+    TorchCheckpointError: one error listing every missing, unexpected and wrongly
+      shaped key, each with both shapes and the model name.
+  """
+  abstract = abstract_variables(model_name, num_classes, **model_kwargs)
+  layout = _torch_layout(model_name, abstract)
+  expected = {key for _, _, key, _, _, _ in layout}
+  bn_prefixes = {key[:-len("running_mean")] for _, p, key, _, _, _ in layout
+                 if p[-1] == "mean"}
+  problems = []
+  for _, _, key, shape, _, _ in layout:
+    if key not in state_dict:
+      problems.append(f"missing key {key!r} (model expects shape {shape})")
+    elif tuple(np.shape(state_dict[key])) != shape:
+      problems.append(f"key {key!r} has shape {tuple(np.shape(state_dict[key]))} in the "
+                      f"checkpoint, model expects {shape}")
+  for key in state_dict:
+    counter = key.endswith(_BN_COUNTER) and key[:-len(_BN_COUNTER)] in bn_prefixes
+    if key not in expected and not counter:
+      problems.append(f"unexpected key {key!r} (shape {tuple(np.shape(state_dict[key]))})")
+  if problems:
+    shown = "; ".join(problems[:_MAX_PROBLEMS_SHOWN])
+    more = len(problems) - _MAX_PROBLEMS_SHOWN
+    raise TorchCheckpointError(
+        f"PyTorch checkpoint does not fit model {model_name!r} (num_classes="
+        f"{num_classes}): {shown}{f'; and {more} more' if more > 0 else ''}. Check "
+        "--model and --num_classes against the checkpoint's architecture.")
+
+  out = {"params": {}, "batch_stats": {}}
+  for collection, path, key, _, _, to_jax in layout:
+    node = out[collection]
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = jnp.asarray(to_jax(_to_numpy(state_dict[key])), jnp.float32)
+  return out
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch tensor
+    value = value.detach().cpu().float().numpy()
+  return np.asarray(value, np.float32)
+
+
+def extract_state_dict(checkpoint: Any, source: str = "checkpoint") -> dict[str, Any]:
+  """The ``state_dict`` inside a loaded ``.pth`` object, without a ``module.`` prefix.
+
+  Args:
+    checkpoint: what ``torch.load`` returned: a bare state_dict, or a dict holding it
+      under ``model``/``state_dict``/``net`` (RepDistiller/CRD, mdistiller, AFD release).
+    source: for error messages.
+  """
+  if not isinstance(checkpoint, Mapping):
+    raise TorchCheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a "
+                               "state_dict (a whole pickled nn.Module is not supported)")
+  for name in STATE_DICT_KEYS:
+    if isinstance(checkpoint.get(name), Mapping):
+      checkpoint = checkpoint[name]
+      break
+  state = {}
+  for key, value in checkpoint.items():
+    if not hasattr(value, "shape"):
+      raise TorchCheckpointError(
+          f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a "
+          f"state_dict, bare or under one of {STATE_DICT_KEYS}")
+    # nn.DataParallel / DistributedDataParallel checkpoints prefix every key.
+    state[key[len("module."):] if key.startswith("module.") else key] = value
+  return state
+
+
+def load_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+  """Reads a ``.pth`` file's state_dict as float32/int64 NumPy arrays.
+
+  Args:
+    path: the checkpoint file.
+    allow_pickle: ``torch.load(weights_only=False)``: runs arbitrary pickled code, only
+      for checkpoints from a trusted source that weights-only loading rejects.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  try:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+  except Exception as e:
+    raise TorchCheckpointError(
+        f"cannot read PyTorch checkpoint {path!r}: {type(e).__name__}: {e}. If it is "
+        "trusted and holds other pickled objects, pass allow_pickle (--allow_pickle)."
+    ) from e
+  state = extract_state_dict(checkpoint, path)
+  return {k: (v.detach().cpu().numpy() if v.dtype == torch.int64 else _to_numpy(v))
+          for k, v in state.items()}
+
+
+def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+  """Writes a bare state_dict ``.pth`` (``model.load_state_dict(torch.load(path))``)."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.save(collections.OrderedDict(
+      (k, torch.from_numpy(np.array(v))) for k, v in state_dict.items()), path)
+
+
+def import_teacher(model_name: str, checkpoint: str, workdir: str, num_classes: int,
+                   allow_pickle: bool = False) -> dict:
+  """Converts `checkpoint` and writes it as the teacher run `workdir`.
+
+  Returns:
+    the imported ``{'params', 'batch_stats'}``.
+
+  Raises:
+    TorchCheckpointError: the checkpoint does not fit `model_name` (names every key).
+    CheckpointError: `workdir` already holds checkpoints.
+  """
+  state = load_state_dict(checkpoint, allow_pickle=allow_pickle)
+  variables = state_dict_to_variables(model_name, state, num_classes)
+  checkpointing.write_teacher_checkpoint(workdir, variables, {
+      "model": model_name, "num_classes": num_classes, "source": checkpoint})
+  return variables
+
+
+def export_run(workdir: str, model_name: str, output: str, num_classes: int) -> dict:
+  """Writes the run's student as a bare PyTorch state_dict; returns it (NumPy)."""
+  abstract = abstract_variables(model_name, num_classes)
+  variables = checkpointing.load_teacher_variables(workdir, abstract, model_name)
+  state = variables_to_state_dict(model_name, variables)
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  save_state_dict(state, output)
+  return state

@@ -1,0 +1,76 @@
+"""Initialisation follows each PyTorch original, checked on the scale of the draws.
+
+RepDistiller/torchvision ResNets and WRNs: Kaiming-normal fan-out convs (untruncated);
+ShuffleNets: PyTorch's default conv init, uniform(+-1/sqrt(fan_in)); VGG and
+MobileNetV2 classifiers: N(0, 0.01) with zero bias; WRN classifier: zero bias; other
+classifiers: PyTorch's nn.Linear default, uniform(+-1/sqrt(fan_in)) weight and bias.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from afd_jax import models
+
+
+@functools.lru_cache(maxsize=None)
+def _params(name, **kwargs):
+  """Initial params of ``name`` (a zoo name, or a model class of `models` with kwargs)."""
+  model = models.get_model(name, 100) if not kwargs else getattr(models, name)(100, **kwargs)
+  # The 'rbg' key compiles several times faster than threefry on CPU; the initialisers'
+  # distributions do not depend on the generator.
+  init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False)["params"])
+  return jax.tree.map(np.asarray, init(jax.random.key(0, impl="rbg")))
+
+
+def _assert_uniform(w, bound):
+  """uniform(-bound, bound): inside the bound, filling it, std = bound / sqrt(3)."""
+  assert np.max(np.abs(w)) <= bound
+  assert np.max(np.abs(w)) >= 0.95 * bound
+  np.testing.assert_allclose(np.std(w), bound / np.sqrt(3), rtol=0.05)
+
+
+def _assert_normal(w, std):
+  """N(0, std), untruncated: about 4.6 % of the draws lie beyond 2 std."""
+  np.testing.assert_allclose(np.std(w), std, rtol=0.05)
+  assert 0.035 < np.mean(np.abs(w) > 2 * std) < 0.06
+
+
+def test_resnet_kaiming_fan_out_convs_and_torch_linear():
+  p = _params("resnet20")
+  _assert_normal(p["stage3_block3"]["conv2"]["kernel"], np.sqrt(2 / (3 * 3 * 64)))
+  _assert_uniform(p["fc"]["kernel"], 1 / np.sqrt(64))
+  assert 0 < np.max(np.abs(p["fc"]["bias"])) <= 1 / np.sqrt(64)  # 100 draws: bound only
+
+
+def test_wrn_classifier_bias_is_zero():
+  p = _params("wrn_16_2")
+  _assert_normal(p["stage3_block2"]["conv2"]["kernel"], np.sqrt(2 / (3 * 3 * 128)))
+  np.testing.assert_array_equal(p["fc"]["bias"], 0)
+  _assert_uniform(p["fc"]["kernel"], 1 / np.sqrt(128))
+
+
+@pytest.mark.parametrize("name", ["vgg8", "MobileNetV2"])
+def test_vgg_and_mobilenet_classifiers_are_small_normal(name):
+  p = _params(name)
+  _assert_normal(p["classifier"]["kernel"], 0.01)
+  np.testing.assert_array_equal(p["classifier"]["bias"], 0)
+
+
+def test_vgg_convs_are_kaiming_fan_out_with_zero_bias():
+  p = _params("vgg8")
+  _assert_normal(p["stage4_conv1"]["kernel"], np.sqrt(2 / (3 * 3 * 512)))
+  np.testing.assert_array_equal(p["stage4_conv1"]["bias"], 0)
+
+
+def test_shufflenet_convs_keep_pytorch_default_init():
+  # Fewer blocks per stage than the zoo's (4, 8, 4): same modules, faster to compile.
+  p = _params("ShuffleNetV1", stage_sizes=(1, 2, 1))
+  # Grouped 1x1 conv: 480 inputs in 3 groups -> fan_in 160.
+  _assert_uniform(p["stage2_block2"]["conv1"]["kernel"], 1 / np.sqrt(160))
+  # Depthwise 3x3: fan_in 9.
+  _assert_uniform(p["stage2_block2"]["conv2"]["kernel"], 1 / 3)
+  p = _params("ShuffleNetV2", stage_sizes=(1, 1, 1))
+  _assert_uniform(p["stage2_block2"]["conv1"]["kernel"], 1 / np.sqrt(116))
