@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -96,7 +97,7 @@ def load_teacher_variables(path: str, abstract_variables: dict[str, Any],
   """
   step_dir = _find_step_dir(path)
   try:
-    restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "state"))
+    restored = read_numpy(os.path.join(step_dir, "state"))
   except Exception as e:
     raise CheckpointError(f"cannot read teacher checkpoint {step_dir}: "
                           f"{type(e).__name__}: {e}") from e
@@ -115,6 +116,17 @@ def load_teacher_variables(path: str, abstract_variables: dict[str, Any],
   return variables
 
 
+def read_numpy(state_dir: str) -> Any:
+  """A saved pytree as host numpy arrays, whatever devices or hosts wrote it (a teacher
+  trained on a pod loads on one GPU)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(state_dir)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(state_dir, restore_args=args)
+
+
 def _find_step_dir(path: str) -> str:
   """Resolves a run workdir or a step directory to one step directory."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -128,7 +140,7 @@ def _find_step_dir(path: str) -> str:
   raise CheckpointError(
       f"no teacher checkpoint found at {path!r}: expected a run workdir containing best/ "
       "or checkpoints/ (train one with its teacher config, e.g. python -m afd_jax.main "
-      "--config=configs/cifar100/wrn_40_2.py --workdir=runs/cifar100/wrn_40_2), or a step "
+      "--config=configs/cifar100/teacher.py:model=wrn_40_2 --workdir=runs/cifar100/wrn_40_2), or a step "
       "directory containing state/")
 
 

@@ -2,7 +2,7 @@
 
     python -m afd_jax.import_torch --model=wrn_40_2 --checkpoint=ckpt_epoch_240.pth \\
       --workdir=runs/cifar100/wrn_40_2 [--num_classes=100] \\
-      [--eval --config=configs/cifar100/wrn_40_2.py]
+      [--eval --config=configs/cifar100/teacher.py:model=wrn_40_2]
 
 Reads a bare ``state_dict`` or one stored under ``model``/``state_dict``/``net`` (CRD /
 RepDistiller, mdistiller, the AFD release), with or without a ``module.`` prefix, in the
@@ -30,17 +30,21 @@ _ALLOW_PICKLE = flags.DEFINE_bool(
     "weights-only loading rejects.")
 _EVAL = flags.DEFINE_bool("eval", False, "Evaluate the imported teacher on --config's data.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose data to evaluate on "
-                                          "(e.g. configs/cifar100/wrn_40_2.py).")
+                                          "(e.g. configs/cifar100/teacher.py:model=wrn_40_2).")
 flags.mark_flags_as_required(["model", "checkpoint", "workdir"])
 
 
 def evaluate(config: ml_collections.ConfigDict, model_name: str, num_classes: int,
              variables: dict) -> dict[str, float]:
   """Top-1/top-5 (%) and loss of the teacher on the eval split of ``config.data``."""
-  from afd_jax import train  # pylint: disable=g-import-not-at-top  (TF only for --eval)
+  # TF only for --eval.
+  from afd_jax import evaluation, input_pipeline, parallel  # pylint: disable=g-import-not-at-top
 
   model = models.get_model(model_name, num_classes)
-  return train.Evaluator(config, train.make_mesh(None))(model, variables)
+  evaluator = evaluation.Evaluator(input_pipeline.Dataset(config.data),
+                                   parallel.make_mesh(config.num_devices),
+                                   config.eval_batch_size)
+  return evaluator(model, variables)
 
 
 def main(argv):

@@ -132,21 +132,27 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
              teacher_vars, probe)
 
 
+# Fields that change what is logged or when the run stops, never what it computes.
+BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices")
+
+
 def _write_config(run: Run) -> None:
-  """config.json with every method field resolved; a changed config on resume is kept
-  beside it as config.resumed_at_step<N>.json."""
+  """config.json with every method field resolved; a resume whose config differs in more
+  than bookkeeping keeps the new one beside it as config.resumed_at_step<N>.json."""
   d = run.config.to_dict()
   d["method"] = methods.resolved_fields(run.config.method)
-  text = json.dumps(d, indent=2, sort_keys=True, default=str)
+  d = json.loads(json.dumps(d, default=str))
   path = os.path.join(run.workdir, "config.json")
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
-      if f.read() == text:
-        return
+      old = json.load(f)
+    strip = lambda c: {k: v for k, v in c.items() if k not in BOOKKEEPING}  # noqa: E731
+    if strip(old) == strip(d):
+      return
     path = os.path.join(run.workdir, f"config.resumed_at_step{int(run.state.step)}.json")
     logging.warning("Config differs from the workdir's config.json; saved as %s", path)
   with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+    json.dump(d, f, indent=2, sort_keys=True)
 
 
 def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,

@@ -24,11 +24,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
-from afd_jax import config_defaults, train  # noqa: E402
+from afd_jax import parallel, steps, train_state  # noqa: E402
+from configs import common  # noqa: E402
 
 NUM_CLASSES = 100
 
@@ -38,25 +38,26 @@ class MethodBench:
 
   def __init__(self, method: str, args):
     if method == "none":
-      config = config_defaults.teacher_config(args.student)
+      config = common.teacher_config("cifar100", None, args.student)
     else:
-      config = config_defaults.distill_config(args.teacher, args.student, method)
+      config = common.distill_config("cifar100", method, None, args.teacher, args.student)
     config.model.dtype = args.dtype
-    nets = train.build_networks(config, NUM_CLASSES, steps_per_epoch=782)
-    mesh = train.make_mesh(None)
+    nets = train_state.build_networks(config, NUM_CLASSES, steps_per_epoch=782)
+    mesh = parallel.make_mesh(None)
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     self.method, self.batch_size, self.times = method, args.batch, []
-    self.state = jax.jit(functools.partial(train.init_state, nets, image_size=32),
+    self.state = jax.jit(functools.partial(train_state.create, nets, image_size=32),
                          out_shardings=repl)(jax.random.PRNGKey(0))
     self.teacher_vars = None
     if nets.teacher is not None:
-      self.teacher_vars = jax.device_put(nets.teacher.init(
-          jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False), repl)
+      self.teacher_vars = jax.jit(functools.partial(
+          train_state.random_teacher_variables, nets, 32), out_shardings=repl)(
+              jax.random.PRNGKey(1))
     rng = np.random.default_rng(0)
     self.batch = jax.device_put(
         {"image": rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32),
          "label": rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32)}, data)
-    step = jax.jit(functools.partial(train.train_step, nets),
+    step = jax.jit(functools.partial(steps.train_step, nets),
                    in_shardings=(repl, data, repl), out_shardings=(repl, repl),
                    donate_argnums=(0,))
     t0 = time.perf_counter()
