@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -55,25 +56,42 @@ class RunCheckpoints:
     self.best.wait_until_finished()
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-    """(state, meta) of the newest checkpoint, or None for a fresh workdir.
+    """(state, meta) of the newest readable checkpoint, or None for a fresh workdir.
+
+    An unreadable newer checkpoint (a crash mid-write on a filesystem without atomic
+    renames, a damaged disk) is moved aside to ``checkpoints/unreadable.<step>`` with a
+    warning naming it and the one resumed from; nothing is deleted.
 
     Raises:
-      CheckpointError: the newest checkpoint cannot be read into `abstract_state` (corrupt,
-        or written by a different model/method config); the message names its path.
+      CheckpointError: no checkpoint can be read into `abstract_state`; the message
+        names the newest one's path and error.
     """
-    step = self.latest.latest_step()
-    if step is None:
+    failures = []
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        out = self.latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # orbax raises many types; all mean "cannot resume from it"
+        failures.append((step, e))
+        continue
+      for bad, e in failures:
+        src = os.path.join(str(self.latest.directory), str(bad))
+        dst = os.path.join(str(self.latest.directory), f"unreadable.{bad}")
+        if jax.process_index() == 0:
+          os.replace(src, dst)
+        logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s, resuming "
+                        "from step %d", src, type(e).__name__, e, dst, step)
+      if failures:
+        self.latest.reload()
+      return out["state"], dict(out["meta"])
+    if not failures:
       return None
-    try:
-      out = self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax raises many types; all mean "cannot resume from this"
-      path = os.path.join(str(self.latest.directory), str(step))
-      raise CheckpointError(
-          f"cannot resume from checkpoint {path}: {type(e).__name__}: {e}. It is corrupt "
-          "or was written by a different model/method config. Use another --workdir, or "
-          "move this checkpoint away to fall back to an older one.") from e
-    return out["state"], dict(out["meta"])
+    step, e = failures[0]
+    path = os.path.join(str(self.latest.directory), str(step))
+    raise CheckpointError(
+        f"cannot resume from checkpoint {path} (nor from any older one): "
+        f"{type(e).__name__}: {e}. It is corrupt or was written by a different "
+        "model/method config. Use another --workdir; nothing was deleted.") from None
 
   def close(self) -> None:
     """Waits for pending writes and releases the managers."""
@@ -114,6 +132,13 @@ def load_teacher_variables(path: str, abstract_variables: dict[str, Any],
         f"teacher checkpoint {step_dir} does not fit model {model_name!r}: its parameter "
         "tree or shapes differ (was it trained with another model or number of classes?)")
   return variables
+
+
+def latest_step(workdir: str) -> int:
+  """The newest step saved in ``<workdir>/checkpoints`` (0 for none), without orbax."""
+  d = os.path.join(workdir, "checkpoints")
+  steps = [int(s) for s in os.listdir(d) if s.isdigit()] if os.path.isdir(d) else []
+  return max(steps, default=0)
 
 
 def read_numpy(state_dir: str) -> Any:

@@ -17,8 +17,6 @@ every process yields the same number.
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 from typing import Iterator
 
 import jax
@@ -27,23 +25,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from afd_jax import datasets as _local_datasets  # noqa: F401  (registers `digits`)
 from afd_jax import transforms
+from afd_jax.datasets import availability
+from afd_jax.datasets.availability import DatasetNotAvailableError
 
 # TF only feeds the host; the accelerators belong to JAX.
 tf.config.set_visible_devices([], "GPU")
 
 Batch = dict[str, np.ndarray]
-# TFDS looks here first for prepared datasets; if it is unreachable, so is the internet.
-_PROBE_HOST, _PROBE_PORT, _PROBE_TIMEOUT_S = "storage.googleapis.com", 443, 5.0
 _EPOCHS = 2**40  # "forever": the repeated pipeline's epoch range
-
-
-class DatasetNotAvailableError(RuntimeError):
-  """A dataset is neither prepared in its data_dir nor could be downloaded and prepared."""
-
-
-_OFFLINE_PREPARED = ("digits",)  # built from data shipped with a package: always prepared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,60 +64,6 @@ class DatasetInfo:
     return -(-per_process // _local_batch_size(global_batch_size))
 
 
-def _obtain_hint(name: str, data_dir: str) -> str:
-  """How a person gets dataset `name` into `data_dir`."""
-  if transforms.base_name(name) == "imagenet2012":
-    return (f"download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (registration "
-            f"at https://image-net.org) into {data_dir}/downloads/manual/, then run "
-            f"`tfds build imagenet2012 --data_dir={data_dir}`")
-  return (f"run `tfds build {name} --data_dir=<dir>` on a machine with internet access "
-          f"and copy <dir>/{transforms.base_name(name)} into {data_dir} (or set "
-          f"config.data.download=True on a machine with internet access)")
-
-
-def _network_reachable() -> bool:
-  """Whether TFDS's host answers; without it TFDS retries each URL for ~200 s offline."""
-  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-    return True  # through a proxy a direct connection proves nothing: let TFDS try
-  try:
-    socket.create_connection((_PROBE_HOST, _PROBE_PORT), timeout=_PROBE_TIMEOUT_S).close()
-    return True
-  except OSError:
-    return False
-
-
-def _ensure_prepared(builder: tfds.core.DatasetBuilder, name: str, download: bool) -> None:
-  """Prepares `builder` if needed and allowed; else raises DatasetNotAvailableError."""
-  if builder.is_prepared():
-    return
-  data_dir = os.fspath(builder.data_dir_root)
-  if transforms.base_name(name) in _OFFLINE_PREPARED:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    return
-  online = download and _network_reachable()
-  # Datasets whose archives a person downloads by hand (ImageNet) prepare offline.
-  manual = bool(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
-  if not download:
-    cause = "it is not prepared there and config.data.download is False"
-  elif not (online or manual):
-    cause = f"it is not prepared there and there is no network ({_PROBE_HOST} unreachable)"
-  else:
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=online))
-      return
-    except Exception as e:  # any failure of TFDS's download/prepare means the same to us
-      raise DatasetNotAvailableError(
-          f"Dataset {name!r} is not available in data_dir {data_dir!r}: download and "
-          f"prepare failed with {type(e).__name__}: {str(e).rstrip('.')}. To obtain it, "
-          f"{_obtain_hint(name, data_dir)}.") from e
-  raise DatasetNotAvailableError(
-      f"Dataset {name!r} is not available in data_dir {data_dir!r}: {cause}. To obtain "
-      f"it, {_obtain_hint(name, data_dir)}.")
-
-
-
 def _open_builder(config_data) -> tuple[tfds.core.DatasetBuilder, str, str]:
   """The prepared builder of `config_data.name` and its (image, label) keys."""
   name = config_data.name
@@ -136,8 +72,8 @@ def _open_builder(config_data) -> tuple[tfds.core.DatasetBuilder, str, str]:
   except tfds.core.DatasetNotFoundError:
     # `from None`: TFDS's own message lists every dataset it knows (hundreds of lines).
     raise ValueError(f"Unknown dataset {name!r}: it is not a TFDS dataset (nor "
-                     f"{', '.join(_OFFLINE_PREPARED)}, this project's own).") from None
-  _ensure_prepared(builder, name, bool(config_data.get("download", False)))
+                     f"{', '.join(availability.LOCAL_DATASETS)}, this project's own).") from None
+  availability.ensure_prepared(builder, name, bool(config_data.get("download", False)))
   keys = builder.info.supervised_keys or ("image", "label")
   features = builder.info.features
   if not (keys[0] in features and isinstance(features[keys[0]], tfds.features.Image)
@@ -208,10 +144,11 @@ class Dataset:
   def steps_per_epoch(self, global_batch_size: int) -> int:
     return self.info.steps_per_epoch(global_batch_size, self.input_shards)
 
-  def _read(self, split) -> tf.data.Dataset:
+  def _read(self, split, autocache: bool = True) -> tf.data.Dataset:
     """Raw examples (images still encoded) of `split` in stored order."""
     ds = self.builder.as_dataset(
-        split=split, shuffle_files=False,
+        split=split, shuffle_files=False, read_config=tfds.ReadConfig(
+            try_autocache=autocache),
         decoders={self.image_key: tfds.decode.SkipDecoding()})
     options = tf.data.Options()
     options.deterministic = True  # parallel map must keep order, or batches would vary
@@ -224,7 +161,9 @@ class Dataset:
     split = tfds.even_splits(_capped(self.config.train_split,
                                      self.config.get("num_train_examples")),
                              n=self.input_shards, drop_remainder=True)[part]
-    raw = self._read(split).cache()
+    # No cache: an epoch may stop before the end of the part (remainder dropped), and a
+    # partly read cache is discarded with a warning every epoch.
+    raw = self._read(split, autocache=False)
     per_epoch = steps_per_epoch * part_batch
     buffer = self.config.shuffle_buffer
 

@@ -33,6 +33,10 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "(auto), always (on) or never (off).")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False,
                                   "Print the resolved config and exit without training.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Continue a workdir's run with a config that differs in fields that change the result "
+    "(recorded in the workdir's config_history.jsonl). Without it that is an error.")
 
 # --config.<path.>method.<field>=<value>: handled here, typed by the chosen method.
 _METHOD_FLAG = re.compile(r"^--config\.((?:\w+\.)*)method\.(\w+)=(.*)$", re.S)
@@ -106,8 +110,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_libraries)
   config = _CONFIG.value
-  apply_method_overrides(config, _METHOD_OVERRIDES)
-  from afd_jax import methods, parallel, suite, train  # imports jax / TF: after parsing
+  try:
+    apply_method_overrides(config, _METHOD_OVERRIDES)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  # Imports jax / TF: after parsing.
+  from afd_jax import checkpointing, methods, parallel, suite, train
+  from afd_jax.datasets.availability import DatasetNotAvailableError
   if _PRINT_CONFIG.value:
     print(config)
     if "method" in config:
@@ -118,14 +127,20 @@ def main(argv):
   parallel.maybe_initialize_distributed(_DISTRIBUTED.value)
   try:
     if "runs" in config:
-      suite.run_suite(config, _WORKDIR.value)
+      suite.run_suite(config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
     else:
-      result = train.train_and_evaluate(config, _WORKDIR.value)
+      result = train.train_and_evaluate(config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
       if parallel.is_chief():
         print(suite.format_result(_WORKDIR.value, result))
   except train.Preempted as e:
     print(f"Preempted: {e}; rerun the same command to resume.", file=sys.stderr)
     sys.exit(128 + e.signum)
+  except (ValueError, checkpointing.CheckpointError, DatasetNotAvailableError,
+          train.Diverged) as e:
+    # The error is the last thing printed: no traceback through jax / orbax / TFDS.
+    logging.debug("", exc_info=True)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 from typing import Mapping
 
 from absl import logging
+import jax
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
@@ -62,18 +63,25 @@ class MetricWriter:
         f.writelines(json.dumps(r) + "\n" for r in keep)
       os.replace(tmp, path)  # atomic: a crash here leaves the old or the new file
     self._jsonl = open(path, "a", encoding="utf-8")
-    try:
-      from tensorboard.compat.proto import summary_pb2
-      from tensorboard.summary.writer.event_file_writer import EventFileWriter
-      self._summary = summary_pb2
-      self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
-    except ImportError:
-      logging.warning("tensorboard is not installed: metrics go to %s only", path)
-      self._tb = None
+    self._tb_dir, self._tb = os.path.join(workdir, "tensorboard"), None
+
+  def _tensorboard(self):
+    """The event-file writer, opened at the first write (a rerun that logs nothing adds
+    no empty event file)."""
+    if self._tb is None:
+      try:
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      except ImportError:
+        logging.warning("tensorboard is not installed: metrics go to %s only", METRICS_FILE)
+        self._tb = False
+        return None
+      self._summary, self._tb = summary_pb2, EventFileWriter(self._tb_dir)
+    return self._tb or None
 
   def _event(self, step: int, values) -> None:
     from tensorboard.compat.proto import event_pb2
-    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+    self._tensorboard().add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                        summary=self._summary.Summary(value=values)))
 
   def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
@@ -83,13 +91,13 @@ class MetricWriter:
     values = {k: float(v) for k, v in values.items()}
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
     self._jsonl.flush()
-    if self._tb is not None:
+    if self._tensorboard():
       self._event(step, [self._summary.Summary.Value(tag=k, simple_value=v)
                          for k, v in values.items()])
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """Logs ``{name: (1, H, W, 3) uint8}`` images to TensorBoard."""
-    if not self.enabled or self._tb is None:
+    if not self.enabled or not self._tensorboard():
       return
     values = []
     for name, image in images.items():
@@ -101,11 +109,49 @@ class MetricWriter:
   def flush(self) -> None:
     if self.enabled:
       self._jsonl.flush()
-      if self._tb is not None:
+      if self._tb:
         self._tb.flush()
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      if self._tb is not None:
+      if self._tb:
         self._tb.close()
+
+
+class Diverged(RuntimeError):
+  """The loss or the gradient became non-finite; nothing non-finite was saved."""
+
+
+class TrainWindow:
+  """Train metrics since the last log, kept on the devices until they are written.
+
+  Fetching them is also the divergence check: nothing is evaluated or saved before the
+  steps since the last check are known to be finite (no host sync in the other steps).
+  """
+
+  def __init__(self, writer: MetricWriter, batch_size: int):
+    self.writer, self.batch_size = writer, batch_size
+    self.metrics, self.start = [], time.time()
+
+  def write(self, step: int, bar) -> None:
+    """Logs the window's means at `step`; raises Diverged at its first non-finite step."""
+    if not self.metrics:
+      return
+    window = jax.device_get(self.metrics)
+    for k, m in enumerate(window):
+      bad = sorted(n for n, v in m.items() if not np.isfinite(v))
+      if bad and not m.get("skipped"):
+        first = step - len(window) + k + 1
+        raise Diverged(
+            f"training diverged at step {first}: non-finite {', '.join(bad)} (lr "
+            f"{float(m['lr']):.4g}). Nothing from this step on was saved; the last good "
+            "checkpoints are kept. Lower --config.optim.lr, or set "
+            "--config.optim.skip_nonfinite=True to skip such steps.")
+    logged = {f"train/{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
+    logged["train/images_per_sec"] = (len(window) * self.batch_size
+                                      / max(time.time() - self.start, 1e-9))
+    self.writer.write_scalars(step, logged)
+    bar.set_postfix(loss=f"{logged['train/loss']:.3f}",
+                    img_s=f"{logged['train/images_per_sec']:.0f}")
+    self.metrics, self.start = [], time.time()

@@ -87,7 +87,15 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
       grads=grads, batch_stats={"student": s_stats, "method": m_mut.get("batch_stats", {})},
       method_state=m_mut.get("method_state", {}))
   metrics = dict(metrics, loss=loss, lr=nets.schedule(state.step),
+                 grad_norm=optax.global_norm(grads),
                  top1=jnp.mean(jnp.argmax(logits, -1) == labels))
+  if nets.skip_nonfinite:
+    # Keep the old state (but count the step) when anything is non-finite.
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             new_state.replace(step=state.step), state)
+    new_state = new_state.replace(step=state.step + 1)
+    metrics["skipped"] = 1.0 - finite
   return new_state, jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 

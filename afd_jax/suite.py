@@ -40,7 +40,8 @@ def _run_config(suite: ml_collections.ConfigDict, name: str, seed: int, workdir:
   return config
 
 
-def run_suite(suite: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+def run_suite(suite: ml_collections.ConfigDict, workdir: str,
+              allow_config_change: bool = False) -> dict[str, dict]:
   """Trains every run of `suite` under `workdir` and prints the results table.
 
   Returns:
@@ -60,7 +61,7 @@ def run_suite(suite: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]
           os.path.join(workdir, name)
       config = _run_config(suite, name, seed, workdir)
       print(f"=== {name} (seed {seed}) -> {run_dir}", flush=True)
-      result = train.train_and_evaluate(config, run_dir)
+      result = train.train_and_evaluate(config, run_dir, allow_config_change)
       print(format_result(name, result), flush=True)
       per_seed.append(result)
     config = suite.runs[name]

@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
+import signal
 import time
 from typing import Any
 
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 
 from afd_jax import (analysis, checkpointing, evaluation, input_pipeline, methods,
-                     parallel, steps, train_state)
-from afd_jax.metric_writer import MetricWriter
+                     metric_writer, parallel, steps, train_state)
+from afd_jax import workdir as workdir_lib
+from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
+
+
+def inject_fault(where: str, step: int) -> None:
+  """Test hook: ``AFD_JAX_INJECT='<where>@<step>[:<SIGNAL>]'`` (comma-separated) sends the
+  signal (default SIGTERM) to this process at that instant: ``step`` (the step's result
+  not yet fetched), ``eval`` (between evaluating and saving the best), ``save`` (before a
+  checkpoint is written). Deterministic, unlike a timed kill."""
+  for spec in filter(None, os.environ.get("AFD_JAX_INJECT", "").split(",")):
+    point, _, sig = spec.partition(":")
+    if point == f"{where}@{step}":
+      os.kill(os.getpid(), getattr(signal, sig or "SIGTERM"))
 
 
 class Preempted(Exception):
@@ -42,8 +53,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       raise ValueError(f"config.{field}={value} must be a positive multiple of the "
                        f"{num_devices} devices in the mesh (the batch is split evenly "
                        "across them)")
-  if config.schedule.num_epochs <= 0:
-    raise ValueError(f"config.schedule.num_epochs={config.schedule.num_epochs} must be > 0")
+  checks = [("optim.lr", config.optim.lr, lambda v: v > 0, "> 0"),
+            ("optim.weight_decay", config.optim.weight_decay, lambda v: v >= 0, ">= 0"),
+            ("optim.momentum", config.optim.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("schedule.num_epochs", config.schedule.num_epochs, lambda v: v > 0, "> 0"),
+            ("schedule.warmup_epochs", config.schedule.warmup_epochs,
+             lambda v: 0 <= v <= config.schedule.num_epochs, "in [0, num_epochs]"),
+            ("logging.keep_checkpoints", config.logging.keep_checkpoints,
+             lambda v: v >= 1, ">= 1"),
+            ("max_steps", config.max_steps, lambda v: v is None or v > 0, "> 0 or None"),
+            ("data.image_size", config.data.image_size, lambda v: v is None or v > 0,
+             "> 0 (or None for the dataset's default)")]
+  for name, value, ok, accepted in checks:
+    if not ok(value):
+      raise ValueError(f"config.{name}={value!r} is out of range; accepted: {accepted}")
   methods.resolve(config.method)  # unknown method or field: the accepted ones are listed
   if (config.teacher.name and methods.needs_teacher(config.method.name)
       and not config.teacher.checkpoint and not config.teacher.get("random_init")):
@@ -65,12 +88,15 @@ class Run:
   meta: dict[str, Any]
   teacher_vars: Any
   probe: Any  # jitted steps.method_intermediates
+  saved_seconds: float = 0.0  # train_seconds of the last checkpoint saved
 
   def save(self, step: int, state, segment_start: float) -> None:
     """Checkpoints `state` with the bookkeeping of `meta` (every process must call it)."""
+    inject_fault("save", step)
     meta = dict(self.meta, epoch=step / self.steps_per_epoch,
                 train_seconds=self.meta["train_seconds"] + time.time() - segment_start)
     self.ckpts.save(step, state, meta)
+    self.saved_seconds = meta["train_seconds"]
 
 
 def open_run(config: ml_collections.ConfigDict, workdir: str,
@@ -103,7 +129,11 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
       jax.eval_shape(init, jax.random.PRNGKey(config.seed)))
-  restored = ckpts.restore_latest(abstract)
+  try:
+    restored = ckpts.restore_latest(abstract)
+  except checkpointing.CheckpointError:
+    ckpts.close()  # orbax's threads, closed now, print nothing after the error
+    raise
   if restored is None:
     if require_checkpoint:
       raise checkpointing.CheckpointError(f"no checkpoint in workdir {workdir!r}")
@@ -132,29 +162,6 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
              teacher_vars, probe)
 
 
-# Fields that change what is logged or when the run stops, never what it computes.
-BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices")
-
-
-def _write_config(run: Run) -> None:
-  """config.json with every method field resolved; a resume whose config differs in more
-  than bookkeeping keeps the new one beside it as config.resumed_at_step<N>.json."""
-  d = run.config.to_dict()
-  d["method"] = methods.resolved_fields(run.config.method)
-  d = json.loads(json.dumps(d, default=str))
-  path = os.path.join(run.workdir, "config.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      old = json.load(f)
-    strip = lambda c: {k: v for k, v in c.items() if k not in BOOKKEEPING}  # noqa: E731
-    if strip(old) == strip(d):
-      return
-    path = os.path.join(run.workdir, f"config.resumed_at_step{int(run.state.step)}.json")
-    logging.warning("Config differs from the workdir's config.json; saved as %s", path)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(d, f, indent=2, sort_keys=True)
-
-
 def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
               writer: MetricWriter) -> None:
   """Evaluates the student, runs the method's analyses, keeps the best checkpoint."""
@@ -163,6 +170,7 @@ def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
   logging.info("step %d (epoch %.2f): eval top-1 %.2f top-5 %.2f", step,
                step / run.steps_per_epoch, result["top1"], result["top5"])
   run.meta["last_eval"] = dict(result, step=step)
+  inject_fault("eval", step)
   ctx = analysis.AnalysisContext(
       step=step, epoch=step // run.steps_per_epoch, workdir=run.workdir,
       config=run.config, distiller=run.nets.distiller, writer=writer,
@@ -177,42 +185,34 @@ def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
                         result["top1"])
 
 
-class _LogWindow:
-  """Train metrics since the last log, kept on the devices until they are written."""
-
-  def __init__(self, writer: MetricWriter, batch_size: int):
-    self.writer, self.batch_size = writer, batch_size
-    self.metrics, self.start = [], time.time()
-
-  def write(self, step: int, bar: tqdm.tqdm) -> None:
-    window = jax.device_get(self.metrics)
-    logged = {f"train/{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
-    logged["train/images_per_sec"] = (len(window) * self.batch_size
-                                      / max(time.time() - self.start, 1e-9))
-    self.writer.write_scalars(step, logged)
-    bar.set_postfix(loss=f"{logged['train/loss']:.3f}",
-                    img_s=f"{logged['train/images_per_sec']:.0f}")
-    self.metrics, self.start = [], time.time()
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict[str, float]:
   """Trains per `config` in `workdir`, resuming from its newest checkpoint if any.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory; the config that created it must match `config` in every
+      field that changes the result, unless `allow_config_change`.
 
   Returns:
     final metrics: ``top1``, ``top5`` (last eval), ``best_top1``, ``teacher_top1`` (if
     a teacher), ``step``, ``train_seconds`` (summed over all segments of the run).
 
   Raises:
+    workdir.ConfigMismatchError: `workdir` holds a run of another config.
+    Diverged: a non-finite loss or gradient (the last good checkpoints are kept).
     Preempted: SIGTERM/SIGINT arrived; the step reached was saved first.
   """
-  run = open_run(config, workdir)
+  path = os.path.abspath(os.path.expanduser(workdir))
+  chief = parallel.is_chief()
+  validate_config(config, parallel.make_mesh(config.num_devices).size)
+  workdir_lib.check_config(path, config, checkpointing.latest_step(path),
+                           allow_config_change, write=chief)
+  run = open_run(config, path)
   cfg, nets, spe = run.config, run.nets, run.steps_per_epoch
   start = int(run.state.step)
   stop = cfg.schedule.num_epochs * spe
   stop = stop if cfg.max_steps is None else min(stop, cfg.max_steps)
-  chief = parallel.is_chief()
-  if chief:
-    _write_config(run)
   logging.info("Resolved config:\n%s", cfg)
   # A fresh run (no checkpoint) drops every row an earlier, killed attempt left.
   writer = MetricWriter(run.workdir, enabled=chief,
@@ -232,13 +232,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       run.dataset.train_iterator(cfg.batch_size, cfg.seed, start), cfg.data.prefetch, data)
   log_every, ckpt_every = max(1, cfg.logging.log_every_steps), cfg.logging.checkpoint_every_steps
   eval_every = max(1, cfg.logging.eval_every_epochs)
-  window, state, segment_start = _LogWindow(writer, cfg.batch_size), run.state, time.time()
+  window, state, segment_start = metric_writer.TrainWindow(writer, cfg.batch_size), run.state, time.time()
   bar = tqdm.tqdm(total=stop, initial=start, dynamic_ncols=True, leave=False,
                   disable=not (cfg.logging.progress_bar and chief))
   try:
     with parallel.Preemption() as preemption:
       for step in range(start + 1, stop + 1):
         state, metrics = p_train_step(state, next(batches), run.teacher_vars)
+        inject_fault("step", step)
         window.metrics.append(metrics)
         bar.update(1)
         epoch_end = step % spe == 0 or step == stop
@@ -247,8 +248,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if epoch_end and ((step // spe) % eval_every == 0 or step == stop):
           _evaluate(run, state, step, evaluate, writer)
         if epoch_end or (ckpt_every and step % ckpt_every == 0):
+          window.write(step, bar)  # the divergence check before anything is saved
           run.save(step, state, segment_start)
-        if preemption.reached(step):
+        if preemption.reached(step) and step < stop:  # at the last step: just finish
+          window.write(step, bar)
           run.save(step, state, segment_start)
           raise Preempted(preemption.signum, step)
   finally:
@@ -261,13 +264,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _result(run: Run, step: int, segment_start: float | None) -> dict[str, float]:
   """The run's final metrics, written to result.json unless a rerun changed nothing."""
   meta = run.meta
-  seconds = meta["train_seconds"] + (time.time() - segment_start if segment_start else 0)
+  # As saved with the final checkpoint, so that a rerun reports the very same number.
+  seconds = run.saved_seconds if segment_start else meta["train_seconds"]
   result = {"step": step, "best_top1": meta["best_top1"], "train_seconds": seconds,
             **{k: meta["last_eval"][k] for k in ("top1", "top5") if "last_eval" in meta}}
   if "teacher_top1" in meta:
     result["teacher_top1"] = meta["teacher_top1"]
-  path = os.path.join(run.workdir, "result.json")
-  if parallel.is_chief() and (segment_start is not None or not os.path.exists(path)):
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
+  missing = not os.path.exists(os.path.join(run.workdir, workdir_lib.RESULT_FILE))
+  if parallel.is_chief() and (segment_start is not None or missing):
+    workdir_lib.write_result(run.workdir, result)
   return result

@@ -38,6 +38,7 @@ class Networks:
   distiller: methods.Distiller = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   schedule: Any = flax.struct.field(pytree_node=False)
+  skip_nonfinite: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 def dummy_batch(image_size: int, batch: int = 2) -> jnp.ndarray:
@@ -55,6 +56,15 @@ def feature_shapes(model: nn.Module, image_size: int, batch: int = 2) -> dict[st
   return {k: tuple(v.shape) for k, v in feats.items()}
 
 
+def _fits(model: nn.Module, image_size: int) -> bool:
+  """Whether every feature map of `model` keeps at least 1×1 at this input size."""
+  try:
+    shapes = feature_shapes(model, image_size)
+  except Exception:  # a conv or pool on an empty map fails to trace
+    return False
+  return all(d > 0 for shape in shapes.values() for d in shape)
+
+
 def build_networks(config: ml_collections.ConfigDict, num_classes: int,
                    steps_per_epoch: int) -> Networks:
   """Student, teacher, method and optimizer for `config`; validates their pairing."""
@@ -62,18 +72,30 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int,
     raise ValueError(f"Unknown config.model.dtype {config.model.dtype!r}; accepted: "
                      f"{', '.join(DTYPES)}")
   dtype = DTYPES[config.model.dtype]
-  student = models.get_model(config.model.name, num_classes, dtype=dtype)
+  compat = {}
+  if config.model.get("bn1_twice"):
+    if not config.model.name.startswith("wrn_"):
+      raise ValueError(f"config.model.bn1_twice=True is a compatibility switch of the AFD "
+                       f"release's WRN; model {config.model.name!r} is not a WRN")
+    compat["bn1_twice"] = True
+  student = models.get_model(config.model.name, num_classes, dtype=dtype, **compat)
   teacher = (models.get_model(config.teacher.name, num_classes, dtype=dtype)
              if config.teacher.name and methods.needs_teacher(config.method.name)
              else None)
   size = config.data.image_size
+  for name, model in ((config.model.name, student), (config.teacher.name, teacher)):
+    if model is not None and not _fits(model, size):
+      smallest = next(s for s in range(1, 1025) if _fits(model, s))
+      raise ValueError(f"config.data.image_size={size} is too small for model {name!r}: "
+                       f"its feature maps shrink to nothing; accepted: >= {smallest}")
   s_info = methods.FeatureInfo(config.model.name, feature_shapes(student, size))
   t_info = (methods.FeatureInfo(config.teacher.name, feature_shapes(teacher, size))
             if teacher is not None else None)
   distiller = methods.build_method(config.method, student=s_info, teacher=t_info,
                                    steps_per_epoch=steps_per_epoch)
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
-  return Networks(student, teacher, distiller, tx, schedule)
+  return Networks(student, teacher, distiller, tx, schedule,
+                  bool(config.optim.get("skip_nonfinite", False)))
 
 
 def rbg_key(rng: jax.Array) -> jax.Array:

@@ -5,7 +5,8 @@ A config has these sections (every field can be overridden on the command line, 
 
 * ``data``: TFDS dataset (``name``, ``data_dir``, ``image_size``, ``download``, splits,
   ``input_shards`` (default one per process), ...);
-* ``model``: the student (``name`` from `afd_jax.models.MODEL_NAMES`, compute ``dtype``);
+* ``model``: the student (``name`` from `afd_jax.models.MODEL_NAMES`, compute ``dtype``,
+  ``bn1_twice`` for the AFD release's WRN BatchNorm statistics);
 * ``teacher``: ``name`` ('' for none), ``checkpoint`` (a teacher run's workdir, or one
   orbax step directory inside it) and ``random_init`` (smoke runs only);
 * ``method``: ``name`` from `afd_jax.methods.method_names()` and only the fields that
@@ -64,11 +65,15 @@ def base() -> ml_collections.ConfigDict:
       shuffle_buffer=50_000, num_train_examples=ml_collections.config_dict.placeholder(int),
       num_eval_examples=ml_collections.config_dict.placeholder(int),
       input_shards=ml_collections.config_dict.placeholder(int), prefetch=2))
-  c.model = ml_collections.ConfigDict(dict(name="wrn_16_2", dtype="float32"))
+  # bn1_twice: the AFD release's WRN BatchNorm statistics (off: PyTorch's usual ones).
+  c.model = ml_collections.ConfigDict(dict(name="wrn_16_2", dtype="float32",
+                                           bn1_twice=False))
   c.teacher = ml_collections.ConfigDict(dict(name="", checkpoint="", random_init=False))
   c.method = ml_collections.ConfigDict(dict(name="none"))
+  # skip_nonfinite: skip a step whose loss or gradient is not finite (as some large-scale
+  # trainers do) instead of stopping the run with an error.
   c.optim = ml_collections.ConfigDict(dict(
-      lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4))
+      lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4, skip_nonfinite=False))
   c.schedule = ml_collections.ConfigDict(dict(
       name="step", num_epochs=240, decay_epochs=CIFAR_LR_DECAY, decay_factor=0.1,
       warmup_epochs=0))

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from afd_jax import input_pipeline, parallel, transforms
+from afd_jax.datasets import availability
 
 NUM_TRAIN, NUM_TEST = 1437, 360
 
@@ -159,7 +160,7 @@ def test_missing_dataset_raises_one_clear_error(tmp_path, monkeypatch):
   assert "cifar100" in str(err.value) and str(tmp_path) in str(err.value)
   assert "tfds build cifar100" in str(err.value)
   # download=True offline fails at once instead of TFDS retrying for minutes.
-  monkeypatch.setattr(input_pipeline, "_network_reachable", lambda: False)
+  monkeypatch.setattr(availability, "_network_reachable", lambda: False)
   with pytest.raises(input_pipeline.DatasetNotAvailableError, match="no network"):
     input_pipeline.create_train_iterator(
         data_config(str(tmp_path), "cifar100", download=True), 16, seed=0)

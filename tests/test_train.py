@@ -169,33 +169,3 @@ def test_afd_run_logs_and_plots_its_links(digits_data_dir, teacher_dir, tmp_path
   att = np.load(str(tmp_path / "links.npy"))
   assert att.shape == (3, 3)  # resnet8: 3 blocks on each side
   np.testing.assert_allclose(att.sum(axis=1), 1.0, rtol=1e-5)  # softmax over students
-
-
-def test_sigterm_mid_epoch_saves_that_step_and_resume_equals_uninterrupted(
-    digits_data_dir, tmp_path, monkeypatch):
-  """A preemption signal is a flag read between steps: the run saves the step it reached,
-  exits with `Preempted`, and the rerun ends exactly where an uninterrupted run does."""
-  import signal
-  real = input_pipeline.Dataset.train_iterator
-
-  def preempted_after_three_batches(self, *args, **kwargs):
-    for i, batch in enumerate(real(self, *args, **kwargs)):
-      if i == 3:  # the prefetcher (2 ahead) fetches batch 3 while step 2 runs
-        signal.raise_signal(signal.SIGTERM)
-      yield batch
-
-  straight = str(tmp_path / "straight")
-  train.train_and_evaluate(tiny_config(digits_data_dir), straight)
-  workdir = str(tmp_path / "run")
-  handler_before = signal.getsignal(signal.SIGTERM)
-  monkeypatch.setattr(input_pipeline.Dataset, "train_iterator", preempted_after_three_batches)
-  with pytest.raises(train.Preempted) as stopped:
-    train.train_and_evaluate(tiny_config(digits_data_dir), workdir)
-  assert stopped.value.signum == signal.SIGTERM
-  saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
-  assert saved == [stopped.value.step] and 0 < saved[0] < 4  # mid-epoch
-  assert signal.getsignal(signal.SIGTERM) == handler_before
-  monkeypatch.setattr(input_pipeline.Dataset, "train_iterator", real)
-  assert train.train_and_evaluate(tiny_config(digits_data_dir), workdir)["step"] == 8
-  chex.assert_trees_all_close(read_state(workdir)[1], read_state(straight)[1],
-                              rtol=1e-6, atol=1e-6)

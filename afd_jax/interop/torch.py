@@ -31,7 +31,6 @@ read or write ``.pth`` files; the conversions themselves work on NumPy arrays.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Mapping
 
 import jax
@@ -39,13 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from afd_jax import checkpointing, models
-from afd_jax.models import mobilenet_v2
+from afd_jax.interop import torch_layouts
 
 # Where RepDistiller/CRD, mdistiller and the AFD release keep the state_dict in a .pth.
 STATE_DICT_KEYS = ("model", "state_dict", "net")
 _BN_COUNTER = "num_batches_tracked"
-_STAGE_BLOCK = re.compile(r"^stage(\d+)_block(\d+)$")
-_VGG_LAYER = re.compile(r"^stage(\d+)_(conv|bn)(\d+)$")
 # A checkpoint of another architecture mismatches in hundreds of keys; the first few
 # say what is wrong.
 _MAX_PROBLEMS_SHOWN = 8
@@ -53,109 +50,6 @@ _MAX_PROBLEMS_SHOWN = 8
 
 class TorchCheckpointError(ValueError):
   """A PyTorch checkpoint does not fit the afd_jax model it is converted into."""
-
-
-def _family(model_name: str) -> str:
-  if model_name not in models.MODEL_NAMES:
-    raise ValueError(f"Unknown model name {model_name!r}; accepted names: "
-                     f"{', '.join(models.MODEL_NAMES)}.")
-  if model_name.endswith("_imagenet"):
-    return "torchvision"
-  if model_name in ("resnet18", "resnet34", "ResNet50"):
-    return "resnetv2"
-  if model_name.startswith("resnet"):
-    return "cifar_resnet"
-  if model_name.startswith("wrn_"):
-    return "wrn"
-  if model_name.startswith("vgg"):
-    return "vgg"
-  return model_name  # MobileNetV2, ShuffleV1, ShuffleV2
-
-
-def _mobilenet_rows() -> dict[tuple[int, int], str]:
-  """Our (stage, block) -> the original's ``blocks.{row}.{k}`` (rows of `_STAGES`)."""
-  out, row = {}, 0
-  for i, rows in enumerate(mobilenet_v2._STAGES, 1):
-    j = 0
-    for _, _, repeats, _ in rows:
-      for k in range(repeats):
-        j += 1
-        out[(i, j)] = f"blocks.{row}.{k}"
-      row += 1
-  return out
-
-
-_MOBILENET_BLOCK = {"conv_expand": "conv.0", "bn_expand": "conv.1", "conv_dw": "conv.3",
-                    "bn_dw": "conv.4", "conv_project": "conv.6", "bn_project": "conv.7"}
-_MOBILENET_TOP = {"conv_stem": "conv1.0", "bn_stem": "conv1.1", "conv_head": "conv2.0",
-                  "bn_head": "conv2.1", "classifier": "classifier.0"}
-
-
-def torch_module_name(model_name: str, path: tuple[str, ...]) -> str:
-  """The original PyTorch module name of the Flax submodule at `path`.
-
-  Args:
-    model_name: a name of `models.MODEL_NAMES`.
-    path: Flax module path, e.g. ``('stage2_block1', 'downsample_conv')``.
-
-  Returns:
-    e.g. ``'layer2.0.downsample.0'`` (CIFAR ResNet) or ``'layer2.0.shortcut.0'``
-    (resnetv2).
-  """
-  family = _family(model_name)
-  head, rest = path[0], list(path[1:])
-  m = _STAGE_BLOCK.match(head)
-  if family == "vgg":
-    v = _VGG_LAYER.match(head)
-    if v:
-      offset = 0 if v.group(2) == "conv" else 1
-      return f"block{int(v.group(1)) - 1}.{3 * (int(v.group(3)) - 1) + offset}"
-    return head
-  if family == "MobileNetV2":
-    if m:
-      block = _mobilenet_rows()[(int(m.group(1)), int(m.group(2)))]
-      return ".".join([block] + [_MOBILENET_BLOCK[r] for r in rest])
-    return _MOBILENET_TOP[head]
-  if family == "wrn":
-    if m:
-      inner = ["convShortcut" if r == "conv_shortcut" else r for r in rest]
-      return ".".join([f"block{m.group(1)}.layer.{int(m.group(2)) - 1}"] + inner)
-    return "bn1" if head == "bn_final" else head
-  if m:
-    shortcut = "shortcut" if family == "resnetv2" else "downsample"
-    inner = [{"downsample_conv": f"{shortcut}.0", "downsample_bn": f"{shortcut}.1"}.get(r, r)
-             for r in rest]
-    return ".".join([f"layer{m.group(1)}.{int(m.group(2)) - 1}"] + inner)
-  if head == "fc" and family == "resnetv2":
-    return "linear"
-  return head
-
-
-def _leaf_spec(leaf: str, value_shape: tuple[int, ...]):
-  """(torch tensor name, jax->torch array transform, torch->jax transform)."""
-  if leaf == "kernel" and len(value_shape) == 4:
-    return "weight", (lambda a: np.transpose(a, (3, 2, 0, 1))), (
-        lambda a: np.transpose(a, (2, 3, 1, 0)))
-  if leaf == "kernel" and len(value_shape) == 2:
-    return "weight", np.transpose, np.transpose
-  name = {"scale": "weight", "bias": "bias", "mean": "running_mean",
-          "var": "running_var"}[leaf]
-  return name, (lambda a: a), (lambda a: a)
-
-
-def _torch_layout(model_name: str, variables: Mapping[str, Any]):
-  """[(collection, flax path, torch key, torch shape, to_torch, to_jax)] for every leaf."""
-  out = []
-  for collection in ("params", "batch_stats"):
-    flat = jax.tree_util.tree_flatten_with_path(variables[collection])[0]
-    for keypath, value in flat:
-      path = tuple(k.key for k in keypath)
-      shape = tuple(value.shape)
-      name, to_torch, to_jax = _leaf_spec(path[-1], shape)
-      key = f"{torch_module_name(model_name, path[:-1])}.{name}"
-      torch_shape = tuple(to_torch(np.empty(shape, np.float32)).shape)
-      out.append((collection, path, key, torch_shape, to_torch, to_jax))
-  return out
 
 
 def abstract_variables(model_name: str, num_classes: int, **model_kwargs: Any) -> dict:
@@ -180,7 +74,7 @@ def variables_to_state_dict(model_name: str, variables: Mapping[str, Any],
     linear (O, I)); wrap with ``torch.from_numpy`` or use `save_state_dict`.
   """
   state = {}
-  for collection, path, key, _, to_torch, _ in _torch_layout(model_name, variables):
+  for collection, path, key, _, to_torch, _ in torch_layouts.layout(model_name, variables):
     value = variables[collection]
     for p in path:
       value = value[p]
@@ -210,7 +104,7 @@ def state_dict_to_variables(model_name: str, state_dict: Mapping[str, Any],
       shaped key, each with both shapes and the model name.
   """
   abstract = abstract_variables(model_name, num_classes, **model_kwargs)
-  layout = _torch_layout(model_name, abstract)
+  layout = torch_layouts.layout(model_name, abstract)
   expected = {key for _, _, key, _, _, _ in layout}
   bn_prefixes = {key[:-len("running_mean")] for _, p, key, _, _, _ in layout
                  if p[-1] == "mean"}

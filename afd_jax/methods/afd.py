@@ -17,24 +17,7 @@ The meta-network (`AFDMetaNetwork`) trains with the student: its ``params`` and
 pure functions of arrays (`attention_logits`, `attention_weights`, `student_values`,
 `afd_distances`, `afd_loss`).
 
-Which features ("links") AFD chooses among, per architecture (`afd_feature_names`), all
-post-activation block outputs; the stem and the pooled vector are never used:
-
-* CIFAR ResNets (resnet8 ... resnet56, resnet8x4, resnet32x4): every block output
-  ``stage{i}.block{j}`` (resnet20: 9, resnet56: 27).
-* resnet110: every other block, blocks 2, 4, ..., 54 counted over the whole net (27),
-  as in the reference release.
-* Wide ResNets (``wrn_*``, pre-activation): ``stage{i}.block{j}.act_in`` of every block
-  but the first block of the net, plus ``final.act`` (wrn_16_2: 6, wrn_28_2: 12,
-  wrn_40_2: 18).
-* resnet18 / resnet34 (CIFAR and ``_imagenet``): every BasicBlock output (8 / 16).
-* Our choice for architectures the reference release does not cover, following the
-  paper's "every block" recipe: every ``stage{i}.block{j}`` the model sows, i.e. every
-  conv-BN-ReLU output of VGG (vgg8: 5, vgg13: 10), every inverted-residual block output
-  of MobileNetV2 (17), every unit output of ShuffleNetV1/V2 (16) and every Bottleneck
-  output of ResNet50 (16).
-
-``student_features`` / ``teacher_features`` (lists of names) override the choice.
+Which features ("links") AFD chooses among, per architecture: `afd_features`.
 
 Deviations from the reference release, none of which changes the training loss:
 
@@ -44,8 +27,6 @@ Deviations from the reference release, none of which changes the training loss:
 * The meta-network computes in float32 (float64 if given float64), whatever the
   features' dtype, and its BatchNorm uses the two-pass batch variance, as PyTorch does
   (Flax's default one-pass formula loses float32 digits on pooled post-ReLU features).
-* Flax updates BatchNorm running variances with the biased batch variance (PyTorch: the
-  unbiased one); they only matter in eval mode, which the training loss never uses.
 """
 from __future__ import annotations
 
@@ -57,15 +38,14 @@ import jax
 import jax.numpy as jnp
 
 from afd_jax.analysis import links
-from afd_jax.methods.base import (Distiller, FeatureInfo, LogitTerms, PairingError,
-                                  logit_terms, register, require_features)
+from afd_jax.methods.afd_features import afd_feature_names, resolve_features
+from afd_jax.methods.base import (Distiller, LogitTerms, PairingError, logit_terms,
+                                  register)
 from afd_jax.methods.pooling import adaptive_avg_pool, attention_map, l2_normalize
 from afd_jax.models import layers
-from afd_jax.models.features import block_outputs, feature_order_key
 
 _METHOD = "afd"
-# Nets whose links are every other block output (the reference's resnet110 choice).
-_EVERY_OTHER_BLOCK = frozenset({"resnet110"})
+__all__ = ["AFD", "AFDMetaNetwork", "Config", "afd_feature_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,43 +63,6 @@ class Config(LogitTerms):
   qk_dim: int = 128
   student_features: tuple[str, ...] | None = None
   teacher_features: tuple[str, ...] | None = None
-
-
-# ---- feature selection ---------------------------------------------------------------
-
-
-def afd_feature_names(info: FeatureInfo, role: str = "network") -> tuple[str, ...]:
-  """The features AFD links for this network, in depth order (see the module docstring).
-
-  Args:
-    info: the network's model name and sown feature shapes.
-    role: 'student' or 'teacher', for error messages.
-
-  Raises:
-    PairingError: the network does not sow the features its architecture needs; the
-      message lists the features it does sow.
-  """
-  names = sorted(info.shapes, key=feature_order_key)
-  blocks = block_outputs(names)
-  if not blocks:
-    raise PairingError(
-        f"method {_METHOD!r}: {role} {info.model!r} sows no block features "
-        f"'stage<i>.block<j>'; its features are {names}")
-  if info.model.startswith("wrn_"):
-    # Block k's own relu(bn1(x_k)) for k >= 2 is block k-1's activated output.
-    wanted = [f"{b}.act_in" for b in blocks[1:]] + ["final.act"]
-  elif info.model in _EVERY_OTHER_BLOCK:
-    wanted = blocks[1::2]
-  else:
-    wanted = blocks
-  return require_features(info, wanted, _METHOD, role)
-
-
-def _resolve(explicit, info: FeatureInfo, role: str) -> tuple[str, ...]:
-  """`explicit` feature names if given, else `afd_feature_names`."""
-  if explicit:
-    return require_features(info, explicit, _METHOD, role)
-  return afd_feature_names(info, role)
 
 
 # ---- meta-network --------------------------------------------------------------------
@@ -147,10 +90,9 @@ class _LinearBN(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     # dtype=None: compute in the inputs' precision, which lets tests run it in float64.
     x = layers.dense(self.features, x.shape[-1], dtype=None, name="dense")(x)
-    # Two-pass variance: pooled post-ReLU features have |mean| >> batch std, where the
-    # fast E[x²] − E[x]² formula loses most float32 digits.
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     use_fast_variance=False, name="bn")(x)
+    # PyTorch's BatchNorm1d (two-pass variance: pooled post-ReLU features have |mean| >>
+    # batch std, where the fast E[x²] − E[x]² formula loses most float32 digits).
+    x = layers.BatchNorm(use_running_average=not train, dtype=None, name="bn")(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -316,8 +258,8 @@ def build_afd(hp, *, student, teacher, steps_per_epoch):
   """
   del steps_per_epoch
   try:
-    s = _resolve(hp.student_features, student, "student")
-    t = _resolve(hp.teacher_features, teacher, "teacher")
+    s = resolve_features(hp.student_features, student, "student")
+    t = resolve_features(hp.teacher_features, teacher, "teacher")
   except PairingError as e:
     raise PairingError(
         f"{e}\n  student {student.model!r} features: {list(student.shapes)}"
