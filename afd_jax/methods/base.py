@@ -335,3 +335,18 @@ def last_stage(method: str, info: FeatureInfo, role: str) -> tuple[str, ...]:
   if not stages:
     require_features(info, ["stage1.out"], method, role)  # raises, listing the features
   return stages[-1:]
+
+
+def unshard_batch(x: jnp.ndarray) -> jnp.ndarray:
+  """`x` with no axis sharded, for batch-relational terms (B × B Gram matrices, shifted
+  batch slices).
+
+  Under a mesh with Explicit axes, a product of two batch-sharded operands over the
+  feature axis has no legal output sharding; this reshards such an `x` to replicated (an
+  all-gather) and leaves unsharded arrays (eager, Auto meshes) as they are.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  if sharding is None or all(axis is None for axis in sharding.spec):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh,
+                                                            jax.sharding.PartitionSpec()))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
-                                  require_features)
+                                  require_features, unshard_batch)
 from afd_jax.models import layers
 
 
@@ -36,7 +36,7 @@ class Config(LogitTerms):
 
 def cc_loss(e_s: jnp.ndarray, e_t: jnp.ndarray) -> jnp.ndarray:
   """``mean_i Σ_k |Δ_i||Δ_{i+1}|``, Δ = e_s − e_t; e_s, e_t (B, d) embeddings."""
-  delta = jnp.abs(e_s - e_t)
+  delta = unshard_batch(jnp.abs(e_s - e_t))
   return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=1))
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
-                                  require_features)
+                                  require_features, unshard_batch)
 
 EPS = 1e-7
 
@@ -33,7 +33,7 @@ class Config(LogitTerms):
 
 def cosine_probabilities(x: jnp.ndarray, eps: float = EPS) -> jnp.ndarray:
   """(B, D) vectors -> (B, B) row-stochastic ``P = K / rowsum(K)``, K = (cos + 1) / 2."""
-  x = x.astype(jnp.float32)
+  x = unshard_batch(x.astype(jnp.float32))
   x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)) + eps)
   k = (x @ x.T + 1.0) / 2.0
   return k / jnp.sum(k, axis=1, keepdims=True)

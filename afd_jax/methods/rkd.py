@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
-                                  require_features)
+                                  require_features, unshard_batch)
 from afd_jax.methods.pooling import l2_normalize
 
 
@@ -62,7 +62,8 @@ def rkd_loss(s: jnp.ndarray, t: jnp.ndarray, distance_weight: float = 25.0,
              angle_weight: float = 50.0) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """``(w_d·L_D + w_a·L_A, L_D, L_A)``; s (B, Ds), t (B, Dt); teacher terms get no
   gradient."""
-  s, t = s.astype(jnp.float32), jax.lax.stop_gradient(t.astype(jnp.float32))
+  s = unshard_batch(s.astype(jnp.float32))
+  t = unshard_batch(jax.lax.stop_gradient(t.astype(jnp.float32)))
   dist = smooth_l1(normalized_distances(s) - normalized_distances(t))
   ang = smooth_l1(angles(s) - angles(t))
   return distance_weight * dist + angle_weight * ang, dist, ang

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from afd_jax.analysis import links
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
-                                  require_features, stage_features)
+                                  require_features, stage_features, unshard_batch)
 from afd_jax.methods.pooling import adaptive_avg_pool, l2_normalize
 from afd_jax.models import layers
 
@@ -63,7 +63,7 @@ def gram_rows(f: jnp.ndarray, group: int) -> jnp.ndarray:
   missing entries are 0. With B == group: the Gram matrix ``f fᵀ`` of the batch.
   """
   b = f.shape[0]
-  f = f.reshape(b, -1).astype(jnp.float32)
+  f = unshard_batch(f.reshape(b, -1).astype(jnp.float32))
   n = -(-b // group)
   f = jnp.pad(f, ((0, n * group - b), (0, 0))).reshape(n, group, -1)
   return jnp.einsum("gin,gjn->gij", f, f).reshape(n * group, group)[:b]

@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from afd_jax.methods.base import Distiller, LogitTerms, last_stage, logit_terms, register
+from afd_jax.methods.base import (Distiller, LogitTerms, last_stage, logit_terms, register,
+                                  unshard_batch)
 from afd_jax.methods.pooling import l2_normalize
 
 
@@ -31,7 +32,7 @@ class Config(LogitTerms):
 
 def similarity_matrix(f: jnp.ndarray) -> jnp.ndarray:
   """(B, ...) feature -> (B, B) Gram matrix of the flattened samples, rows l2-normalised."""
-  f = f.reshape(f.shape[0], -1).astype(jnp.float32)
+  f = unshard_batch(f.reshape(f.shape[0], -1).astype(jnp.float32))
   return l2_normalize(f @ f.T, axis=1)
 
 
