@@ -319,3 +319,15 @@ def test_feature_selection_follows_the_release():
     with pytest.raises(methods.PairingError, match="student_stages"):
       build(name, s=short)
   assert build("semckd", s=short).student_features == ("stage1.out",)
+
+
+def test_baselines_config_sets_dkd_beta_per_pair_and_pairs_list_the_numbers():
+  from config_loading import load
+  from configs import pairs
+  beta = lambda arg: methods.resolve(load("cifar100/baselines.py", arg).method).beta  # noqa
+  assert beta("method=dkd,teacher=resnet56,student=resnet20") == 2.0
+  assert beta("method=dkd,teacher=wrn_40_2,student=wrn_16_2") == 6.0
+  assert beta("method=dkd,teacher=resnet32x4,student=resnet8x4") == 8.0
+  assert beta("method=sp,teacher=resnet56,student=resnet20") == 3000.0
+  assert pairs.expected_top1("cifar100", "nst", "resnet8x4", "resnet32x4") == (73.30, "CRD")
+  assert pairs.expected_top1("cifar100", "dkd", "ShuffleV2", "resnet32x4") == (77.07, "DKD")
