@@ -27,7 +27,7 @@ from afd_jax.methods.pooling import l2_normalize
 class Config(LogitTerms):
   """RKD as the CRD benchmark runs it on CIFAR-100 (HobbitLong/RepDistiller,
   ``scripts/run_cifar_distill.sh``: ``--distill rkd -a 0 -b 1``; ``distiller_zoo/RKD.py``:
-  ``w_d = 25``, ``w_a = 50``, the paper's λ_D and λ_A; feature ``feat[-1]``)."""
+  ``w_d = 25``, ``w_a = 50``; feature ``feat[-1]``)."""
   beta: float = 1.0
   distance_weight: float = 25.0
   angle_weight: float = 50.0

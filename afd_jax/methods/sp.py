@@ -25,8 +25,7 @@ from afd_jax.methods.pooling import l2_normalize
 class Config(LogitTerms):
   """SP as the CRD benchmark runs it on CIFAR-100 (HobbitLong/RepDistiller,
   ``scripts/run_cifar_distill.sh``: ``--distill similarity -a 0 -b 3000``; loss in
-  ``distiller_zoo/SP.py``, feature ``feat[-2]`` in ``helper/loops.py``): CE + 3000·L_SP.
-  The paper's CIFAR-10 γ is also 3000."""
+  ``distiller_zoo/SP.py``, feature ``feat[-2]`` in ``helper/loops.py``): CE + 3000·L_SP."""
   beta: float = 3000.0
 
 
