@@ -6,7 +6,9 @@ One table for configs, README and comparison scripts. Every number names its sou
 Sources:
   CRD: Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020,
     Table 1 (same-family pairs) and Table 2 (cross-family pairs): teachers, students
-    trained alone, KD, FitNet and AT, mean over runs, CIFAR-100, 240 epochs.
+    trained alone, KD, FitNet, AT, SP, CC, VID, RKD, PKT and NST, mean over runs,
+    CIFAR-100, 240 epochs.
+  DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022, Tables 1/2 (CIFAR-100).
   CRD-T3: the same paper, Table 3 (ImageNet, ResNet34 → ResNet18; top-1 = 100 − error).
   AFD: Ji, Heo & Park, "Show, Attend and Distill", AAAI 2021 (ImageNet ResNet34 →
     ResNet18: 71.38).
@@ -14,6 +16,7 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
+import os
 
 # Models trained alone (teachers and student baselines), CRD Table 1/2; ImageNet: the
 # ResNet34 / ResNet18 rows of CRD Table 3 (torchvision's reference models).
@@ -41,36 +44,28 @@ class Pair:
   published: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
 
 
-# CRD Tables 1/2: KD, FitNet and AT students on CIFAR-100; "-": pair not in CRD (AFD
-# release pairs).
-_CIFAR100 = """
-teacher     student      kd     fitnet  at
-wrn_40_2    wrn_16_2     74.92  73.58   74.08
-wrn_40_2    wrn_40_1     73.54  72.24   72.77
-resnet56    resnet20     70.66  69.21   70.55
-resnet110   resnet20     70.67  68.99   70.22
-resnet110   resnet32     73.08  71.06   72.31
-resnet32x4  resnet8x4    73.33  73.50   73.44
-vgg13       vgg8         72.98  71.02   71.43
-vgg13       MobileNetV2  67.37  64.14   59.40
-ResNet50    MobileNetV2  67.35  63.16   58.58
-ResNet50    vgg8         73.81  70.69   71.84
-resnet32x4  ShuffleV1    74.07  73.59   71.73
-resnet32x4  ShuffleV2    74.45  73.54   72.73
-wrn_40_2    ShuffleV1    74.83  73.73   73.32
-wrn_40_2    wrn_28_2     -      -       -
-resnet34    resnet18     -      -       -
-"""
+# CIFAR-100 students by method, in the data file pairs_cifar100.txt. kd ... nst: CRD Tables
+# 1/2 (also in HobbitLong/RepDistiller README); dkd: the DKD paper's Tables 1/2 (also in megvii-research/mdistiller README, whose
+# second table labels resnet32x4 → ShuffleV2 "MobileNet-V2"; its KD entry 74.45 is
+# ShuffleV2's). "-": not published for the pair (the last two rows are AFD release pairs).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pairs_cifar100.txt"),
+          encoding="utf-8") as _f:
+  _CIFAR100 = _f.read()
+# The paper each column's numbers come from (default: CRD).
+_CIFAR100_SOURCES = {"dkd": "DKD"}
 
 
-def _parse(table: str, source: str) -> list[Pair]:
+def _parse(table: str, source: str, sources: dict[str, str] | None = None) -> list[Pair]:
+  """Rows ``teacher student value...`` -> Pairs; column m's source is ``sources[m]``,
+  else `source`."""
   header, *rows = [line.split() for line in table.strip().splitlines()]
-  return [Pair(t, s, {m: (float(v), source) for m, v in zip(header[2:], values)
+  src = lambda m: (sources or {}).get(m, source)  # noqa: E731
+  return [Pair(t, s, {m: (float(v), src(m)) for m, v in zip(header[2:], values)
                       if v != "-"}) for t, s, *values in rows]
 
 
 PAIRS: dict[str, list[Pair]] = {
-    "cifar100": _parse(_CIFAR100, "CRD"),
+    "cifar100": _parse(_CIFAR100, "CRD", _CIFAR100_SOURCES),
     "imagenet2012": [
         Pair("resnet34_imagenet", "resnet18_imagenet",
              {"kd": (70.66, "CRD-T3"), "at": (70.70, "CRD-T3"), "afd": (71.38, "AFD")}),

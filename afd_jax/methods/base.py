@@ -303,3 +303,50 @@ def check_choice(method: str, field: str, value: Any, accepted) -> None:
   """Raises ValueError naming `field`, `value` and the accepted values if not accepted."""
   if value not in accepted:
     raise ValueError(f"{method}: unknown {field} {value!r}; accepted: {tuple(accepted)}")
+
+
+def train_step_count(module: nn.Module, train: bool) -> jnp.ndarray:
+  """Training steps taken before this call, kept as ``method_state/step`` (int32 scalar).
+
+  Call inside `module`'s compact ``__call__``. The counter advances only when the
+  module is applied with ``train=True`` and ``'method_state'`` mutable (a train step),
+  never at initialisation or evaluation; it is checkpointed with the train state.
+  """
+  step = module.variable("method_state", "step", lambda: jnp.zeros((), jnp.int32))
+  current = step.value
+  if train and module.is_mutable_collection("method_state") and not module.is_initializing():
+    step.value = current + 1
+  return current
+
+
+def epoch_warmup(step: jnp.ndarray, steps_per_epoch: int, warmup_epochs: float
+                 ) -> jnp.ndarray:
+  """``min(epoch / warmup_epochs, 1)`` with the 1-based ``epoch = step // steps_per_epoch
+  + 1``: mdistiller's per-epoch linear warm-up (1/warmup in the first epoch)."""
+  if warmup_epochs <= 0:
+    return jnp.ones((), jnp.float32)
+  epoch = (step // steps_per_epoch + 1).astype(jnp.float32)
+  return jnp.minimum(epoch / warmup_epochs, 1.0)
+
+
+def last_stage(method: str, info: FeatureInfo, role: str) -> tuple[str, ...]:
+  """``(stage{n}.out,)`` of the last stage: RepDistiller's ``feat[-2]``."""
+  stages = stage_features(info)
+  if not stages:
+    require_features(info, ["stage1.out"], method, role)  # raises, listing the features
+  return stages[-1:]
+
+
+def unshard_batch(x: jnp.ndarray) -> jnp.ndarray:
+  """`x` with no axis sharded, for batch-relational terms (B × B Gram matrices, shifted
+  batch slices).
+
+  Under a mesh with Explicit axes, a product of two batch-sharded operands over the
+  feature axis has no legal output sharding; this reshards such an `x` to replicated (an
+  all-gather) and leaves unsharded arrays (eager, Auto meshes) as they are.
+  """
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  if sharding is None or all(axis is None for axis in sharding.spec):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh,
+                                                            jax.sharding.PartitionSpec()))

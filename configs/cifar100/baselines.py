@@ -1,13 +1,26 @@
-"""CIFAR-100 baselines of the CRD benchmark, each with its released defaults: ``kd``
-(default), ``fitnet``, ``at``; e.g.
+"""CIFAR-100 baselines, each with its released defaults: the CRD benchmark's ``kd``
+(default), ``fitnet``, ``at``, ``sp``, ``cc``, ``pkt``, ``rkd``, ``nst``, ``vid``, and
+``dkd``, ``reviewkd``, ``semckd`` (any registered method name is accepted); e.g.
 
     python -m afd_jax.main --config=configs/cifar100/baselines.py:method=at,teacher=resnet56,student=resnet20 \
         --workdir=runs/cifar100/at_resnet56_resnet20
 
-Published numbers per pair: `configs.pairs.PAIRS['cifar100']` (CRD Tables 1/2).
+DKD's β is set per pair as mdistiller's ``configs/cifar100/dkd/*.yaml`` do.
+Published numbers per pair: `configs.pairs.PAIRS['cifar100']` (CRD Tables 1/2, DKD).
 """
 from configs import common
 
+# megvii-research/mdistiller configs/cifar100/dkd/*.yaml: BETA where it differs from 8.
+DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0,
+            ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0,
+            ("vgg13", "vgg8"): 6.0, ("vgg13", "MobileNetV2"): 6.0}
+
+
+def _method_fields(a):
+  beta = DKD_BETA.get((a.teacher, a.student)) if a.method == "dkd" else None
+  return {} if beta is None else {"beta": beta}
+
 
 def get_config(arg=None):
-  return common.distill_config("cifar100", "kd", arg, "wrn_40_2", "wrn_16_2")
+  return common.distill_config("cifar100", "kd", arg, "wrn_40_2", "wrn_16_2",
+                               method_fields=_method_fields)
