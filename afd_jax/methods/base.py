@@ -39,21 +39,13 @@ import typing
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import optax
 
-
-@dataclasses.dataclass(frozen=True)
-class FeatureInfo:
-  """One network's identity and sown features.
-
-  Attributes:
-    model: registry name of the model, e.g. ``'wrn_40_2'``.
-    shapes: ordered ``{feature name: shape}`` (from `models.feature_list`), batch included.
-  """
-  model: str
-  shapes: Mapping[str, tuple[int, ...]]
+# Re-exported: the shared pieces every method module imports from here.
+from afd_jax.methods.losses import (  # noqa: F401
+    cross_entropy, epoch_warmup, kd_loss, logit_terms, train_step_count, unshard_batch)
+from afd_jax.methods.selection import (  # noqa: F401
+    FeatureInfo, PairingError, last_stage, paired_stages, require_features,
+    stage_features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +57,6 @@ class Distiller:
   teacher_features: tuple[str, ...] = ()
   needs_teacher: bool = True
   eval_hooks: tuple[Callable[..., None], ...] = ()
-
-
-class PairingError(ValueError):
-  """The method cannot pair this teacher's and this student's features."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,133 +208,7 @@ def build_method(cfg: Mapping[str, Any], *, student: FeatureInfo,
                        steps_per_epoch=max(1, steps_per_epoch))
 
 
-# ---- loss terms shared by several methods --------------------------------------------
-
-
-def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-  """Mean softmax cross-entropy. logits (B, K) float, labels (B,) int."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels))
-
-
-def kd_loss(s_logits: jnp.ndarray, t_logits: jnp.ndarray, temperature: float) -> jnp.ndarray:
-  """Hinton KD: ``τ² · KL(softmax(t/τ) ‖ softmax(s/τ))``, summed over classes, batch mean.
-
-  Args:
-    s_logits, t_logits: (B, K) student and teacher logits.
-    temperature: τ.
-  """
-  log_ps = jax.nn.log_softmax(s_logits.astype(jnp.float32) / temperature, axis=-1)
-  log_pt = jax.nn.log_softmax(t_logits.astype(jnp.float32) / temperature, axis=-1)
-  kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
-  return temperature ** 2 * jnp.mean(kl)
-
-
-def logit_terms(hp: LogitTerms, s_logits, t_logits, labels):
-  """``hp.ce_weight·CE + hp.kd_weight·KD(hp.temperature)`` and its metrics."""
-  ce = cross_entropy(s_logits, labels)
-  total, metrics = hp.ce_weight * ce, {"ce": ce}
-  if hp.kd_weight and t_logits is not None:
-    kd = kd_loss(s_logits, t_logits, hp.temperature)
-    total, metrics["kd"] = total + hp.kd_weight * kd, kd
-  return total, metrics
-
-
-def require_features(info: FeatureInfo, names, method: str, role: str) -> tuple[str, ...]:
-  """Checks that `names` are all features of `info`, else a PairingError listing them."""
-  names = tuple(names)
-  missing = [n for n in names if n not in info.shapes]
-  if missing or not names:
-    raise PairingError(
-        f"method {method!r}: {role} {info.model!r} lacks features {missing or names}; "
-        f"its features are {list(info.shapes)}")
-  return names
-
-
-def stage_features(info: FeatureInfo) -> tuple[str, ...]:
-  """The ``stage{i}.out`` names of a network, in order."""
-  return tuple(n for n in info.shapes if n.startswith("stage") and n.endswith(".out"))
-
-
-def paired_stages(method: str, student: FeatureInfo, teacher: FeatureInfo,
-                  student_stages=None, teacher_stages=None
-                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """Stage-aligned (student, teacher) feature names: stage k ↔ stage k.
-
-  `student_stages` / `teacher_stages` (1-based stage indices, equal lengths; one given
-  means the same for both) override the default of pairing all stages, e.g. for nets
-  with different stage counts.
-
-  Raises:
-    PairingError: the stage counts differ and no explicit stage lists resolve it; the
-      message names both stage lists.
-  """
-  s_all, t_all = stage_features(student), stage_features(teacher)
-  if student_stages is None and teacher_stages is None:
-    if len(s_all) != len(t_all):
-      raise PairingError(
-          f"method {method!r} pairs stages one to one, but student {student.model!r} has "
-          f"stages {list(s_all)} and teacher {teacher.model!r} has {list(t_all)}; set "
-          "config.method.student_stages and config.method.teacher_stages to the 1-based "
-          "stage indices to pair")
-    return s_all, t_all
-  s_idx = tuple(student_stages if student_stages is not None else teacher_stages)
-  t_idx = tuple(teacher_stages if teacher_stages is not None else student_stages)
-  if len(s_idx) != len(t_idx):
-    raise PairingError(f"method {method!r}: student_stages {list(s_idx)} and "
-                       f"teacher_stages {list(t_idx)} differ in length")
-  return (require_features(student, [f"stage{i}.out" for i in s_idx], method, "student"),
-          require_features(teacher, [f"stage{i}.out" for i in t_idx], method, "teacher"))
-
-
 def check_choice(method: str, field: str, value: Any, accepted) -> None:
   """Raises ValueError naming `field`, `value` and the accepted values if not accepted."""
   if value not in accepted:
     raise ValueError(f"{method}: unknown {field} {value!r}; accepted: {tuple(accepted)}")
-
-
-def train_step_count(module: nn.Module, train: bool) -> jnp.ndarray:
-  """Training steps taken before this call, kept as ``method_state/step`` (int32 scalar).
-
-  Call inside `module`'s compact ``__call__``. The counter advances only when the
-  module is applied with ``train=True`` and ``'method_state'`` mutable (a train step),
-  never at initialisation or evaluation; it is checkpointed with the train state.
-  """
-  step = module.variable("method_state", "step", lambda: jnp.zeros((), jnp.int32))
-  current = step.value
-  if train and module.is_mutable_collection("method_state") and not module.is_initializing():
-    step.value = current + 1
-  return current
-
-
-def epoch_warmup(step: jnp.ndarray, steps_per_epoch: int, warmup_epochs: float
-                 ) -> jnp.ndarray:
-  """``min(epoch / warmup_epochs, 1)`` with the 1-based ``epoch = step // steps_per_epoch
-  + 1``: mdistiller's per-epoch linear warm-up (1/warmup in the first epoch)."""
-  if warmup_epochs <= 0:
-    return jnp.ones((), jnp.float32)
-  epoch = (step // steps_per_epoch + 1).astype(jnp.float32)
-  return jnp.minimum(epoch / warmup_epochs, 1.0)
-
-
-def last_stage(method: str, info: FeatureInfo, role: str) -> tuple[str, ...]:
-  """``(stage{n}.out,)`` of the last stage: RepDistiller's ``feat[-2]``."""
-  stages = stage_features(info)
-  if not stages:
-    require_features(info, ["stage1.out"], method, role)  # raises, listing the features
-  return stages[-1:]
-
-
-def unshard_batch(x: jnp.ndarray) -> jnp.ndarray:
-  """`x` with no axis sharded, for batch-relational terms (B × B Gram matrices, shifted
-  batch slices).
-
-  Under a mesh with Explicit axes, a product of two batch-sharded operands over the
-  feature axis has no legal output sharding; this reshards such an `x` to replicated (an
-  all-gather) and leaves unsharded arrays (eager, Auto meshes) as they are.
-  """
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  if sharding is None or all(axis is None for axis in sharding.spec):
-    return x
-  return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh,
-                                                            jax.sharding.PartitionSpec()))

@@ -17,7 +17,6 @@ Modes (``mode``):
   ``L = beta·L_patch + gamma·L_anchor`` (`patch_group_loss`, `anchor_point_loss`).
 
 Total: ``ce_weight·CE + kd_weight·KD(τ) + weight·L``.
-
 Defaults. The only published full recipe is the ImageNet release's
 ``0.5·CE + 0.5·KD(τ = 1) + 0.1·L_TaT``; the CIFAR per-pair weights were not recoverable, so
 the global mode uses that recipe on CIFAR as well (the paper reports the TaT weight stable
@@ -30,7 +29,6 @@ mode defaults to the Pascal VOC ResNet18 release, ``CE + 0.1·(1.0·L_P + 0.4·L
 16×16 patch grid in 64 groups and a 32×32 anchor grid (it needs maps of at least 16×16).
 
 The hyperparameters and their defaults are `Config`'s.
-
 Spatial mismatch (cross-architecture pairs): the larger of the two maps is adaptively
 average-pooled to the smaller one before anything else (our choice, as in `at`/`fitnet`).
 
