@@ -123,10 +123,19 @@ class Diverged(RuntimeError):
   """The loss or the gradient became non-finite; nothing non-finite was saved."""
 
 
+def _per_step(metrics: Mapping[str, np.ndarray]) -> list[dict]:
+  """One dict per step from one step's scalars or several steps' stacked (n,) arrays."""
+  first = next(iter(metrics.values()))
+  if np.ndim(first) == 0:
+    return [metrics]
+  return [{k: v[i] for k, v in metrics.items()} for i in range(len(first))]
+
+
 class TrainWindow:
   """Train metrics since the last log, kept on the devices until they are written.
 
-  Fetching them is also the divergence check: nothing is evaluated or saved before the
+  An entry of `metrics` is one step's scalars or several steps' (n,) arrays (one
+  dispatch of `multi_step`). Fetching them is also the divergence check: nothing is evaluated or saved before the
   steps since the last check are known to be finite (no host sync in the other steps).
   """
 
@@ -138,7 +147,7 @@ class TrainWindow:
     """Logs the window's means at `step`; raises Diverged at its first non-finite step."""
     if not self.metrics:
       return
-    window = jax.device_get(self.metrics)
+    window = [m for entry in jax.device_get(self.metrics) for m in _per_step(entry)]
     for k, m in enumerate(window):
       bad = sorted(n for n, v in m.items() if not np.isfinite(v))
       if bad and not m.get("skipped"):

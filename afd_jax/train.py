@@ -2,9 +2,12 @@
 
 ``config.method.name = 'none'`` trains a teacher or a baseline with cross-entropy; any other
 method distils from the frozen teacher named by ``config.teacher``. `train_and_evaluate`
-is a flat ``for step in range(start, stop)`` loop around the jitted `steps.train_step`,
-with periodic actions after each step: logging, evaluation (followed by the method's own
-analyses, e.g. AFD's link heatmap), checkpointing and the preemption check.
+is a flat loop around the jitted `steps.train_step`, ``config.steps_per_dispatch`` steps
+per dispatch (`multi_step`), with periodic actions landing on exact steps: logging,
+evaluation (followed by the method's own analyses, e.g. AFD's link heatmap),
+checkpointing and the preemption check. Training batches come from tf.data
+(`input_pipeline`) or, with ``config.data.pipeline='device'``, from the split held on
+the devices (`device_data`); TensorFlow is imported only when a dataset is opened.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ import jax
 import ml_collections
 import tqdm
 
-from afd_jax import (analysis, checkpointing, evaluation, input_pipeline, methods,
-                     metric_writer, parallel, steps, train_state)
+from afd_jax import (analysis, checkpointing, device_data, evaluation, methods,
+                     metric_writer, multi_step, parallel, steps, train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
 
@@ -67,6 +70,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   for name, value, ok, accepted in checks:
     if not ok(value):
       raise ValueError(f"config.{name}={value!r} is out of range; accepted: {accepted}")
+  multi_step.steps_per_dispatch(config)
   methods.resolve(config.method)  # unknown method or field: the accepted ones are listed
   if (config.teacher.name and methods.needs_teacher(config.method.name)
       and not config.teacher.checkpoint and not config.teacher.get("random_init")):
@@ -80,7 +84,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: str
   mesh: Any
-  dataset: input_pipeline.Dataset
+  dataset: Any  # input_pipeline.Dataset (imported with TensorFlow, when a run opens)
   steps_per_epoch: int
   nets: train_state.Networks
   ckpts: checkpointing.RunCheckpoints
@@ -89,6 +93,8 @@ class Run:
   teacher_vars: Any
   probe: Any  # jitted steps.method_intermediates
   saved_seconds: float = 0.0  # train_seconds of the last checkpoint saved
+  sampler: device_data.Sampler | None = None  # the device-resident path, or None
+  train_data: Any = None  # its uint8 split on the devices
 
   def save(self, step: int, state, segment_start: float) -> None:
     """Checkpoints `state` with the bookkeeping of `meta` (every process must call it)."""
@@ -111,9 +117,14 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = parallel.make_mesh(config.num_devices)
   validate_config(config, mesh.size)
+  from afd_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   dataset = input_pipeline.Dataset(config.data)
   config.data.image_size = dataset.info.image_size
-  steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+  sampler = train_data = None
+  if device_data.choose_pipeline(config.data, dataset) == "device":
+    sampler, train_data = device_data.load(dataset, mesh, config.batch_size)
+  steps_per_epoch = (sampler.steps_per_epoch if sampler
+                     else dataset.steps_per_epoch(config.batch_size))
   if steps_per_epoch < 1:
     raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                      f"{dataset.info.num_train_examples} training examples of "
@@ -159,7 +170,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   probe = jax.jit(functools.partial(steps.method_intermediates, nets),
                   out_shardings=replicated)
   return Run(config, workdir, mesh, dataset, steps_per_epoch, nets, ckpts, state, meta,
-             teacher_vars, probe)
+             teacher_vars, probe, sampler=sampler, train_data=train_data)
 
 
 def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
@@ -224,12 +235,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_scalars(start, {"teacher/top1": t_eval["top1"],
                                  "teacher/top5": t_eval["top5"]})
     logging.info("Teacher %s: top-1 %.2f", cfg.teacher.name, t_eval["top1"])
-  rep, data = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
-  p_train_step = jax.jit(functools.partial(steps.train_step, nets),
-                         in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                         donate_argnums=(0,))
-  batches = parallel.prefetch_to_device(
-      run.dataset.train_iterator(cfg.batch_size, cfg.seed, start), cfg.data.prefetch, data)
+  if run.sampler is None:
+    batches = parallel.prefetch_to_device(
+        run.dataset.train_iterator(cfg.batch_size, cfg.seed, start), cfg.data.prefetch,
+        parallel.batch_sharded(run.mesh))
+    dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, batches=batches)
+  else:
+    dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, sampler=run.sampler,
+                                     data=run.train_data, seed=cfg.seed)
+  k = multi_step.steps_per_dispatch(cfg)
   log_every, ckpt_every = max(1, cfg.logging.log_every_steps), cfg.logging.checkpoint_every_steps
   eval_every = max(1, cfg.logging.eval_every_epochs)
   window, state, segment_start = metric_writer.TrainWindow(writer, cfg.batch_size), run.state, time.time()
@@ -237,11 +251,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   disable=not (cfg.logging.progress_bar and chief))
   try:
     with parallel.Preemption() as preemption:
-      for step in range(start + 1, stop + 1):
-        state, metrics = p_train_step(state, next(batches), run.teacher_vars)
-        inject_fault("step", step)
+      step = start
+      while step < stop:
+        n = multi_step.chunk_length(step, stop, k, (log_every, spe, ckpt_every))
+        state, metrics = dispatch(state, n)
+        for s in range(step + 1, step + n + 1):
+          inject_fault("step", s)
+        step += n
         window.metrics.append(metrics)
-        bar.update(1)
+        bar.update(n)
         epoch_end = step % spe == 0 or step == stop
         if step % log_every == 0 or epoch_end:
           window.write(step, bar)
@@ -250,7 +268,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if epoch_end or (ckpt_every and step % ckpt_every == 0):
           window.write(step, bar)  # the divergence check before anything is saved
           run.save(step, state, segment_start)
-        if preemption.reached(step) and step < stop:  # at the last step: just finish
+        # Every step is offered to the multi-host sync point; at the last: just finish.
+        stopping = [preemption.reached(s) for s in range(step - n + 1, step + 1)]
+        if any(stopping) and step < stop:
           window.write(step, bar)
           run.save(step, state, segment_start)
           raise Preempted(preemption.signum, step)

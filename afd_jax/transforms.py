@@ -2,17 +2,16 @@
 
 Images are uint8 (H, W, 3) in, float32 (size, size, 3) in [0, 255] out; seeds are int
 (2,) tensors for TF's stateless random ops, so every augmentation is a pure function of
-its seed.
+its seed. TensorFlow is imported inside the transforms, only when the tf.data path runs:
+the registry (statistics, which datasets flip) is TF-free for `afd_jax.device_data`.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-import tensorflow as tf
-
-TrainFn = Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]
-EvalFn = Callable[[tf.Tensor, int], tf.Tensor]
+TrainFn = Callable[[Any, Any, int], Any]  # (image, seed (2,), size) -> tf.Tensor
+EvalFn = Callable[[Any, int], Any]  # (image, size) -> tf.Tensor
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -28,11 +27,13 @@ CENTRE_CROP_FRACTION = 224 / 256
 
 def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
   """Encoded PNG/JPEG bytes -> uint8 (H, W, 3) (grey images are replicated to RGB)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
 def _resize(image: tf.Tensor, height, width) -> tf.Tensor:
   """(H, W, 3) -> float32 (height, width, 3); exact identity when the size is unchanged."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # Antialiased bilinear, as PIL/torchvision resize (the reference implementations).
   return tf.image.resize(image, (height, width), method="bilinear", antialias=True)
 
@@ -53,6 +54,7 @@ def pad_crop_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int,
   Returns:
     float32 (image_size, image_size, 3) in [0, 255]; the padding is black (0).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = _resize(image, image_size, image_size)
   image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
@@ -75,6 +77,7 @@ def random_resized_crop_flip(image_bytes: tf.Tensor, seed: tf.Tensor,
   Returns:
     float32 (image_size, image_size, 3) in [0, 255].
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4))
 
@@ -112,6 +115,7 @@ def resize_centre_crop(image: tf.Tensor, image_size: int,
   Returns:
     float32 (image_size, image_size, 3) in [0, 255].
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   shorter = round(image_size / crop_fraction)
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
   new_hw = tf.cast(tf.round(hw * (shorter / tf.reduce_min(hw))), tf.int32)
@@ -123,6 +127,7 @@ def resize_centre_crop(image: tf.Tensor, image_size: int,
 
 def normalise(image: tf.Tensor, mean: Iterable[float], std: Iterable[float]) -> tf.Tensor:
   """float32 (..., 3) in [0, 255] -> per-channel standardised ``(x / 255 - mean) / std``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   mean = tf.constant(tuple(mean), tf.float32)
   std = tf.constant(tuple(std), tf.float32)
   return (image / 255.0 - mean) / std
@@ -137,19 +142,24 @@ class Preprocessing:
     eval: (image_bytes, image_size) -> float32 (size, size, 3) in [0, 255].
     mean, std: per-channel statistics of pixels / 255 used by `normalise`.
     default_image_size: used when ``config_data.image_size`` is unset.
+    pad_crop: whether `train` is `pad_crop_flip` (which `afd_jax.device_data` can also
+      compute inside the jitted step).
+    flip: whether that augmentation flips horizontally.
   """
   train: TrainFn
   eval: EvalFn
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   default_image_size: int
+  pad_crop: bool = False
+  flip: bool = True
 
 
 def _cifar_style(mean, std, flip: bool = True) -> Preprocessing:
   return Preprocessing(
       train=lambda b, seed, size: pad_crop_flip(_decode(b), seed, size, flip=flip),
       eval=lambda b, size: _resize(_decode(b), size, size),
-      mean=mean, std=std, default_image_size=32)
+      mean=mean, std=std, default_image_size=32, pad_crop=True, flip=flip)
 
 
 IMAGENET_PREPROCESSING = Preprocessing(

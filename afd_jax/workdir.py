@@ -19,7 +19,9 @@ from afd_jax import methods
 
 CONFIG_FILE, HISTORY_FILE, RESULT_FILE = "config.json", "config_history.jsonl", "result.json"
 # Fields that change what is logged or when the run stops, never what it computes.
-BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices", "data.prefetch")
+# steps_per_dispatch only regroups the same steps (results equal to float rounding).
+BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices", "data.prefetch",
+               "steps_per_dispatch")
 
 
 class ConfigMismatchError(ValueError):

@@ -4,7 +4,13 @@ A config has these sections (every field can be overridden on the command line, 
 ``--config.optim.lr=0.1``):
 
 * ``data``: TFDS dataset (``name``, ``data_dir``, ``image_size``, ``download``, splits,
-  ``input_shards`` (default one per process), ...);
+  ``input_shards`` (default one per process), ...) and the training input ``pipeline``:
+  ``'tfdata'`` (default: host tf.data, any dataset), ``'device'`` (the uint8 train split
+  held on the accelerators, batches drawn and pad-crop-flip augmented inside the jitted
+  step: CIFAR-10/100, digits; see `afd_jax.device_data`) or ``'auto'`` (device when the
+  dataset is pad-crop-flip augmented, fixed-size and its train split is smaller than
+  ``device_max_bytes``, 2 GiB; else tfdata). Recommended on GPU/TPU: ``auto``; tfdata
+  stays the default so that existing runs keep their data order;
 * ``model``: the student (``name`` from `afd_jax.models.MODEL_NAMES`, compute ``dtype``,
   ``bn1_twice`` for the AFD release's WRN BatchNorm statistics);
 * ``teacher``: ``name`` ('' for none), ``checkpoint`` (a teacher run's workdir, or one
@@ -15,7 +21,8 @@ A config has these sections (every field can be overridden on the command line, 
 * ``logging``: log/eval/checkpoint cadence;
 * top level: ``seed``, ``batch_size`` (global), ``eval_batch_size``, ``num_devices``
   (None = all devices), ``max_steps`` (stop early; the schedule still follows
-  ``schedule.num_epochs``).
+  ``schedule.num_epochs``), ``steps_per_dispatch`` (train steps per compiled call,
+  `afd_jax.multi_step`; logging, evals and checkpoints still land on exact steps).
 
 Every config file accepts ``runlocal`` in its argument: the same models and method on a
 few `digits` images for two steps, offline, with a random-init teacher (seconds on a CPU).
@@ -59,12 +66,14 @@ def base() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.num_devices = ml_collections.config_dict.placeholder(int)
   c.max_steps = ml_collections.config_dict.placeholder(int)
+  c.steps_per_dispatch = 1
   c.data = ml_collections.ConfigDict(dict(
       name="cifar100", data_dir=ml_collections.config_dict.placeholder(str),
       image_size=32, download=True, train_split="train", eval_split="test",
       shuffle_buffer=50_000, num_train_examples=ml_collections.config_dict.placeholder(int),
       num_eval_examples=ml_collections.config_dict.placeholder(int),
-      input_shards=ml_collections.config_dict.placeholder(int), prefetch=2))
+      input_shards=ml_collections.config_dict.placeholder(int), prefetch=2,
+      pipeline="tfdata", device_max_bytes=2**31))
   # bn1_twice: the AFD release's WRN BatchNorm statistics (off: PyTorch's usual ones).
   c.model = ml_collections.ConfigDict(dict(name="wrn_16_2", dtype="float32",
                                            bn1_twice=False))

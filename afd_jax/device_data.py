@@ -1,0 +1,166 @@
+"""Device-resident training data: the whole train split on the accelerators, each batch
+drawn and augmented inside the jitted train step.
+
+For datasets that fit in accelerator memory (CIFAR-10/100, digits: anything whose
+preprocessing is `transforms.pad_crop_flip` and whose uint8 train split is smaller than
+``data.device_max_bytes``). The split is read once through TFDS (the only use of
+TensorFlow on this path) into uint8 (N, H, W, 3) images and int32 (N,) labels, replicated
+on every device of the mesh; with several processes, each process reads the whole split
+(it is small by construction) and holds its devices' replicas. Evaluation stays on the
+tf.data path (`input_pipeline.Dataset.eval_iterator`): it runs once per epoch.
+
+Everything a batch is made of is a pure function of (seed, step, position in the batch),
+so resuming at any step and any number of devices give the very same batches:
+
+* order: epoch ``e`` visits ``jax.random.permutation(fold_in(order_key(seed), e), N)``;
+  global step ``s`` (0-based) of epoch ``e = s // steps_per_epoch`` takes the examples
+  at ``permutation[b·B:(b+1)·B]``, ``b = s % steps_per_epoch`` (the remainder is dropped).
+* augmentation: example ``i`` of step ``s`` uses ``fold_in(fold_in(augment_key(seed), s),
+  i)``: zero-pad by 4, random crop back to (H, W) (offsets uniform in 0..8), horizontal
+  flip with probability 1/2 (not for digits), then per-channel normalisation. This has
+  the distribution of the tf.data path's `transforms.pad_crop_flip`, not its bits.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from afd_jax import parallel, transforms
+
+PIPELINES = ("tfdata", "device", "auto")
+_ORDER, _AUGMENT = 0, 1  # fold_in purposes of the seed's key
+
+
+def _key(seed: jax.Array, purpose: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), purpose)
+
+
+def pad_crop_flip(image: jax.Array, key: jax.Array, padding: int = transforms.CIFAR_PADDING,
+                  flip: bool = True) -> jax.Array:
+  """CIFAR augmentation of one image, as `transforms.pad_crop_flip` (same distribution).
+
+  Args:
+    image: uint8 (H, W, C).
+    key: PRNG key.
+    padding: zero border added on each side before the random (H, W) crop.
+    flip: whether to flip horizontally with probability 1/2.
+
+  Returns:
+    float32 (H, W, C) in [0, 255].
+  """
+  crop_key, flip_key = jax.random.split(key)
+  h, w, c = image.shape
+  padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  offset = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
+  out = jax.lax.dynamic_slice(padded, (offset[0], offset[1], 0), (h, w, c))
+  out = out.astype(jnp.float32)
+  return jnp.where(jax.random.bernoulli(flip_key), out[:, ::-1], out) if flip else out
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """How a global step becomes a batch of the device-resident split (static, hashable).
+
+  Attributes:
+    num_examples: N, examples in the split held on the devices.
+    batch_size: B, the global batch size.
+    mean, std: per-channel statistics of pixels / 255 (`transforms.normalise`).
+    flip: whether the augmentation flips.
+  """
+  num_examples: int
+  batch_size: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  flip: bool = True
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.num_examples // self.batch_size
+
+  def indices(self, seed: jax.Array, step: jax.Array) -> jax.Array:
+    """int32 (B,): the examples of global step `step` (0-based) in the split."""
+    epoch, b = jnp.divmod(step, self.steps_per_epoch)
+    order = jax.random.permutation(jax.random.fold_in(_key(seed, _ORDER), epoch),
+                                   self.num_examples)
+    return jax.lax.dynamic_slice_in_dim(order, b * self.batch_size, self.batch_size)
+
+  def batch(self, data: dict[str, jax.Array], seed: jax.Array, step: jax.Array
+            ) -> dict[str, jax.Array]:
+    """``{'image': float32 (B, H, W, 3) normalised, 'label': int32 (B,)}`` of `step`.
+
+    Args:
+      data: ``{'image': uint8 (N, H, W, 3), 'label': int32 (N,)}`` (from `load`).
+      seed: int32 scalar, the run's seed.
+      step: int32 scalar, the global step (``state.step`` before the update).
+    """
+    idx = self.indices(seed, step)
+    step_key = jax.random.fold_in(_key(seed, _AUGMENT), step)
+    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(self.batch_size))
+    images = jax.vmap(lambda x, k: pad_crop_flip(x, k, flip=self.flip))(
+        data["image"][idx], keys)
+    mean, std = jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.std, jnp.float32)
+    return {"image": (images / 255.0 - mean) / std, "label": data["label"][idx]}
+
+
+def _unsupported(config_data: ml_collections.ConfigDict, dataset) -> str | None:
+  """Why `dataset` cannot be device-resident (None if it can)."""
+  prep = transforms.get_preprocessing(config_data.name)
+  shape = tuple(dataset.builder.info.features[dataset.image_key].shape)
+  size = dataset.info.image_size
+  nbytes = dataset.info.num_train_examples * size * size * 3
+  if not prep.pad_crop:
+    return f"{config_data.name!r} is not augmented with pad-crop-flip"
+  if shape[:2] != (size, size):
+    return f"its images are {shape[:2]}, not fixed at data.image_size={size}"
+  if nbytes >= config_data.get("device_max_bytes", 2**31):
+    return (f"its train split takes {nbytes} bytes >= data.device_max_bytes="
+            f"{config_data.get('device_max_bytes', 2**31)}")
+  return None
+
+
+def choose_pipeline(config_data: ml_collections.ConfigDict, dataset) -> str:
+  """``'device'`` or ``'tfdata'``, per ``config_data.pipeline`` (``'auto'``: device when
+  the dataset can be device-resident).
+
+  Raises:
+    ValueError: an unknown pipeline, or ``'device'`` for a dataset that cannot be.
+  """
+  mode = config_data.get("pipeline", "tfdata")
+  if mode not in PIPELINES:
+    raise ValueError(f"config.data.pipeline={mode!r}; accepted: {', '.join(PIPELINES)}")
+  if mode == "tfdata":
+    return mode
+  why = _unsupported(config_data, dataset)
+  if mode == "device" and why:
+    raise ValueError(f"config.data.pipeline='device' cannot hold {config_data.name!r} on "
+                     f"the devices: {why}; use 'tfdata' or 'auto'")
+  return "tfdata" if why else "device"
+
+
+def load(dataset, mesh, batch_size: int) -> tuple[Sampler, dict[str, jax.Array]]:
+  """Reads the train split of `dataset` (an `input_pipeline.Dataset`) onto `mesh`.
+
+  Returns:
+    the `Sampler` and ``{'image': uint8 (N, H, W, 3), 'label': int32 (N,)}`` replicated.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  cfg = dataset.config
+  cap = cfg.get("num_train_examples")
+  split = cfg.train_split if cap is None else f"{cfg.train_split}[:{cap}]"
+  arrays = tfds.as_numpy(dataset.builder.as_dataset(split=split, batch_size=-1,
+                                                    shuffle_files=False))
+  images = np.asarray(arrays[dataset.image_key], np.uint8)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)  # grey -> RGB, as the tf.data decoder does
+  labels = np.asarray(arrays[dataset.label_key], np.int32)
+  rep = parallel.replicated(mesh)
+  data = {k: jax.make_array_from_callback(a.shape, rep, lambda idx, a=a: a[idx])
+          for k, a in (("image", images), ("label", labels))}
+  prep = dataset.preprocessing
+  return Sampler(len(labels), batch_size, tuple(prep.mean), tuple(prep.std),
+                 prep.flip), data
