@@ -1,15 +1,24 @@
-"""Train-step speed of distillation methods on one teacher/student pair.
+"""Train throughput by input path, steps per dispatch and vmapped seeds.
 
-    python experiments/benchmark.py                      # wrn_40_2 -> wrn_16_2, batch 64
-    python experiments/benchmark.py --methods=kd,afd --steps=50 --out=runs/bench.json
+    python experiments/benchmark.py        # wrn_40_2→wrn_16_2 and resnet32x4→resnet8x4
+    python experiments/benchmark.py --pairs=resnet8:resnet8 --methods=kd --steps=4
 
-For each method: the real jitted train step of `afd_jax.train` (teacher forward, student
-forward/backward, method loss, SGD update) on synthetic CIFAR-100-shaped data over all
-local devices. Compile time is measured apart. After `--warmup` steps, the methods are
-timed in interleaved rounds (`--rounds` rounds of `--steps`/`--rounds` steps each, every
-step waited for with `block_until_ready`), so slow drifts of the machine hit every method
-alike; the median and interquartile range over all timed steps are reported, with
-images/s at the median. Prints a table and writes JSON.
+For every teacher→student pair and method (none/kd/afd by default), on synthetic
+CIFAR-100-shaped uint8 data of `--num-examples` images and the real jitted train step of
+`afd_jax.train` (random-init teacher) over all local devices, three modes:
+
+* (a) one seed, one step per dispatch, batches fed from the host: a tf.data pipeline
+  with the CIFAR augmentation (`transforms.pad_crop_flip`) as in training, or, when
+  TensorFlow is absent, pre-made numpy batches (the feed is named in the table);
+* (b) device-resident data (`afd_jax.device_data`), k steps per dispatch for each k of
+  `--ks` (the best k is reported);
+* (c) `--seeds` seeds vmapped in one program (`afd_jax.seeds`) at that best k.
+
+Each mode is compiled (time reported), warmed up once, then timed over `--steps` steps
+(dispatches are not waited for one by one: that is the point of the device path).
+images/s counts every seed's images; "× (a)" is the ratio to mode (a) of the same pair
+and method in this run; the projection is the wall time of 240 CIFAR-100 epochs of 782
+steps (all seeds together for (c)). Writes JSON and a Markdown table (`--out`, `.md`).
 """
 from __future__ import annotations
 
@@ -24,102 +33,140 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from afd_jax import parallel, steps, train_state  # noqa: E402
+from afd_jax import device_data, multi_step, parallel, seeds, train_state  # noqa: E402
+from afd_jax import transforms  # noqa: E402
 from configs import common  # noqa: E402
 
-NUM_CLASSES = 100
+NUM_CLASSES, EPOCHS, STEPS_PER_EPOCH = 100, 240, 782
 
 
-class MethodBench:
-  """One method's compiled train step and its state, ready to be timed."""
-
-  def __init__(self, method: str, args):
-    if method == "none":
-      config = common.teacher_config("cifar100", None, args.student)
-    else:
-      config = common.distill_config("cifar100", method, None, args.teacher, args.student)
-    config.model.dtype = args.dtype
-    nets = train_state.build_networks(config, NUM_CLASSES, steps_per_epoch=782)
-    mesh = parallel.make_mesh(None)
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    self.method, self.batch_size, self.times = method, args.batch, []
-    self.state = jax.jit(functools.partial(train_state.create, nets, image_size=32),
-                         out_shardings=repl)(jax.random.PRNGKey(0))
-    self.teacher_vars = None
-    if nets.teacher is not None:
-      self.teacher_vars = jax.jit(functools.partial(
-          train_state.random_teacher_variables, nets, 32), out_shardings=repl)(
-              jax.random.PRNGKey(1))
+def host_batches(images, labels, batch: int):
+  """Endless normalised batches from the host: tf.data + augmentation, else numpy."""
+  mean, std = transforms.CIFAR100_MEAN, transforms.CIFAR100_STD
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
     rng = np.random.default_rng(0)
-    self.batch = jax.device_put(
-        {"image": rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32),
-         "label": rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32)}, data)
-    step = jax.jit(functools.partial(steps.train_step, nets),
-                   in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
-    t0 = time.perf_counter()
-    self.compiled = step.lower(self.state, self.batch, self.teacher_vars).compile()
-    self.compile_s = time.perf_counter() - t0
-    self.run(args.warmup, record=False)
+    x = ((images[:batch] / 255.0 - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
+    fixed = {"image": x, "label": labels[:batch]}
+    return "host numpy", iter(lambda: dict(fixed, label=rng.permutation(fixed["label"])),
+                              None)
+  tf.config.set_visible_devices([], "GPU")
+  ds = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().enumerate().map(
+      lambda i, ex: {"image": transforms.normalise(transforms.pad_crop_flip(
+          ex[0], tf.stack([tf.constant(0, tf.int64), i]), 32), mean, std),
+                     "label": ex[1]}, num_parallel_calls=tf.data.AUTOTUNE)
+  return "tf.data", ds.batch(batch, drop_remainder=True).prefetch(8).as_numpy_iterator()
 
-  def run(self, steps: int, record: bool = True) -> None:
-    """Runs `steps` train steps, timing each one."""
-    for _ in range(steps):
-      t0 = time.perf_counter()
-      self.state, self.metrics = self.compiled(self.state, self.batch, self.teacher_vars)
-      jax.block_until_ready((self.state, self.metrics))
-      if record:
-        self.times.append(time.perf_counter() - t0)
 
-  def row(self) -> dict:
-    ms = np.asarray(self.times) * 1e3
-    med = float(np.median(ms))
-    return {"method": self.method, "compile_s": self.compile_s, "median_ms": med,
-            "p25_ms": float(np.percentile(ms, 25)), "p75_ms": float(np.percentile(ms, 75)),
-            "images_per_s": self.batch_size / (med / 1e3), "steps": len(ms),
-            "loss": float(self.metrics["loss"])}
+def timed(call, state, steps: int, per_call: int):
+  """(state, seconds) of `steps // per_call` calls after one warm-up (compile) call."""
+  t0 = time.perf_counter()
+  state, _ = call(state)
+  jax.block_until_ready(state)
+  compile_s, t0 = time.perf_counter() - t0, time.perf_counter()
+  for _ in range(max(1, steps // per_call)):
+    state, metrics = call(state)
+  jax.block_until_ready((state, metrics))
+  return compile_s, (time.perf_counter() - t0) / (max(1, steps // per_call) * per_call)
+
+
+def bench_method(teacher: str, student: str, method: str, args, images, labels) -> list:
+  """Rows of modes (a), (b) for each k and (c) for one pair and method."""
+  if method == "none":
+    config = common.teacher_config("cifar100", None, student)
+  else:
+    config = common.distill_config("cifar100", method, None, teacher, student)
+  nets = train_state.build_networks(config, NUM_CLASSES, STEPS_PER_EPOCH)
+  mesh = parallel.make_mesh(None)
+  rep = parallel.replicated(mesh)
+  create = jax.jit(functools.partial(train_state.create, nets, image_size=32),
+                   out_shardings=rep)
+  teacher_vars = None
+  if nets.teacher is not None:
+    teacher_vars = jax.jit(functools.partial(train_state.random_teacher_variables, nets,
+                                             32), out_shardings=rep)(jax.random.PRNGKey(1))
+  sampler = device_data.Sampler(len(labels), args.batch, transforms.CIFAR100_MEAN,
+                                transforms.CIFAR100_STD)
+  data = jax.device_put({"image": images, "label": labels}, rep)
+  rows, name = [], f"{teacher}→{student}" if nets.teacher is not None else student
+
+  def row(mode, k, n_seeds, compile_s, step_s, feed):
+    ips = n_seeds * args.batch / step_s
+    rows.append({"pair": f"{teacher}→{student}", "method": method, "mode": mode, "k": k,
+                 "seeds": n_seeds, "feed": feed, "images_per_s": ips,
+                 "compile_s": compile_s, "ms_per_step": step_s * 1e3,
+                 "projected_h": EPOCHS * STEPS_PER_EPOCH * n_seeds * args.batch / ips / 3600})
+    print(f"  {name} {method} {mode} k={k} seeds={n_seeds}: {ips:.0f} images/s", flush=True)
+
+  feed, batches = host_batches(images, labels, args.batch)
+  fed = multi_step.Dispatcher(nets, mesh, teacher_vars, batches=parallel.prefetch_to_device(
+      batches, 2, parallel.batch_sharded(mesh)))
+  row("(a) host-fed", 1, 1, *timed(lambda s: fed(s, 1), create(jax.random.PRNGKey(0)),
+                                   args.steps, 1), feed)
+  on_device = multi_step.Dispatcher(nets, mesh, teacher_vars, sampler=sampler, data=data)
+  for k in args.ks:
+    row("(b) device", k, 1, *timed(lambda s, k=k: on_device(s, k),
+                                   create(jax.random.PRNGKey(0)), args.steps, k), "device")
+  best = min((r for r in rows if r["mode"] == "(b) device"), key=lambda r: r["ms_per_step"])
+  if args.seeds:
+    k, ids = best["k"], jnp.arange(args.seeds, dtype=jnp.int32)
+    program = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, k),
+                      donate_argnums=(0,))
+    row(f"(c) {args.seeds} seeds", k, args.seeds, *timed(
+        lambda s: program(s, data, ids, teacher_vars),
+        seeds.create_states(nets, range(args.seeds), 32), args.steps, k), "device")
+  base = rows[0]["images_per_s"]
+  for r in rows:
+    r["vs_a"] = r["images_per_s"] / base
+  return rows
+
+
+def markdown(rows) -> str:
+  lines = ["| pair | method | mode | k | feed | images/s | × (a) | compile s | "
+           "240 epochs (h) |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['pair']} | {r['method']} | {r['mode']} | {r['k']} | {r['feed']} | "
+                 f"{r['images_per_s']:.0f} | {r['vs_a']:.2f} | {r['compile_s']:.1f} | "
+                 f"{r['projected_h']:.1f} |")
+  return "\n".join(lines)
 
 
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--teacher", default="wrn_40_2")
-  parser.add_argument("--student", default="wrn_16_2")
-  parser.add_argument("--methods", default="none,kd,afd,at,fitnet,tat,aft_kd,hmat")
+  parser.add_argument("--pairs", default="wrn_40_2:wrn_16_2,resnet32x4:resnet8x4")
+  parser.add_argument("--methods", default="none,kd,afd")
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--steps", type=int, default=48, help="timed steps per mode")
+  parser.add_argument("--ks", default="1,4,16", help="steps per dispatch tried in (b)")
+  parser.add_argument("--seeds", type=int, default=5, help="vmapped seeds in (c); 0: skip")
+  parser.add_argument("--num-examples", type=int, default=50_000)
   parser.add_argument("--out", default="runs/benchmark.json")
   args = parser.parse_args(argv)
+  args.ks = [int(k) for k in args.ks.split(",")]
   device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
-  print(f"{args.teacher} -> {args.student}, global batch {args.batch}, {args.dtype}, "
-        f"{device}, jax {jax.__version__}", flush=True)
-  benches = []
-  for method in [m for m in args.methods.split(",") if m]:
-    benches.append(MethodBench(method, args))
-    print(f"  compiled {method} in {benches[-1].compile_s:.1f} s", flush=True)
-  per_round = max(1, args.steps // args.rounds)
-  for _ in range(args.rounds):
-    for bench in benches:
-      bench.run(per_round)
-  rows = [b.row() for b in benches]
-  kd = next((r for r in rows if r["method"] == "kd"), None)
-  print("\n| method | ms/step (median) | IQR ms | images/s | compile s | × KD |")
-  print("|---|---|---|---|---|---|")
-  for r in rows:
-    ratio = f"{r['median_ms'] / kd['median_ms']:.2f}" if kd else "-"
-    print(f"| {r['method']} | {r['median_ms']:.1f} | {r['p25_ms']:.1f}–{r['p75_ms']:.1f} | "
-          f"{r['images_per_s']:.0f} | {r['compile_s']:.1f} | {ratio} |")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
-    json.dump({"teacher": args.teacher, "student": args.student, "batch": args.batch,
-               "dtype": args.dtype, "device": device, "host": platform.node(),
-               "jax": jax.__version__, "rows": rows}, f, indent=2)
-  print(f"wrote {args.out}")
+  print(f"batch {args.batch}, {device}, jax {jax.__version__}", flush=True)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (args.num_examples, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, NUM_CLASSES, args.num_examples).astype(np.int32)
+  rows = []
+  for pair in args.pairs.split(","):
+    teacher, student = pair.split(":")
+    for method in filter(None, args.methods.split(",")):
+      rows += bench_method(teacher, student, method, args, images, labels)
+  table = markdown(rows)
+  print("\n" + table)
+  out = os.path.abspath(args.out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump({"batch": args.batch, "device": device, "host": platform.node(),
+               "jax": jax.__version__, "steps": args.steps, "rows": rows}, f, indent=2)
+  with open(os.path.splitext(out)[0] + ".md", "w", encoding="utf-8") as f:
+    f.write(table + "\n")
+  print(f"wrote {out}")
   return rows
 
 

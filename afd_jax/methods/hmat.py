@@ -139,8 +139,9 @@ def attention_distance(s_logits: jnp.ndarray, t_logits: jnp.ndarray,
   Returns:
     scalar distance.
   """
-  log_ps = jax.nn.log_softmax(s_logits, axis=-1)
-  log_pt = jax.nn.log_softmax(t_logits, axis=-1)
+  f32 = jnp.promote_types(s_logits.dtype, jnp.float32)  # bf16 logits: softmax in f32
+  log_ps = jax.nn.log_softmax(s_logits.astype(f32), axis=-1)
+  log_pt = jax.nn.log_softmax(t_logits.astype(f32), axis=-1)
   if kind == "kl":
     return jnp.mean(jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1))
   if kind == "mse":

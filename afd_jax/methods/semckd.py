@@ -71,7 +71,8 @@ def gram_rows(f: jnp.ndarray, group: int) -> jnp.ndarray:
 
 def semckd_attention(q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
   """``softmax_j <q_i, k_j>``; q (B, ns, d), k (B, nt, d) -> (B, ns, nt)."""
-  return jax.nn.softmax(jnp.einsum("bid,bjd->bij", q, k), axis=-1)
+  logits = jnp.einsum("bid,bjd->bij", q, k)
+  return jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
 
 
 def aligned_pair(s: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -116,6 +116,7 @@ def one_to_all(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     (B, N, Cv): each query's attention-weighted mix of all M values.
   """
   logits = jnp.einsum("bnc,bmc->bnm", q, k) / temperature
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16: f32 softmax
   return jnp.einsum("bnm,bmc->bnc", jax.nn.softmax(logits, axis=-1), v)
 
 

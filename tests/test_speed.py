@@ -1,0 +1,111 @@
+"""GPU/TPU-first speed: no TensorFlow on the device path, vmapped seeds, bf16 losses."""
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from afd_jax import device_data, multi_step, parallel, seeds, train_state
+from afd_jax.methods import afd
+from config_loading import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BLOCK_TF = textwrap.dedent("""
+    import sys
+
+    class BlockTensorFlow:
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+          raise ImportError(f"{name} is blocked in this test")
+
+    sys.meta_path.insert(0, BlockTensorFlow())
+    """)
+
+
+def test_training_and_the_benchmark_need_no_tensorflow(tmp_path):
+  script = BLOCK_TF + textwrap.dedent(f"""
+      import runpy
+      import afd_jax, afd_jax.train, afd_jax.steps, afd_jax.device_data, afd_jax.seeds
+      sys.argv = ["benchmark.py", "--pairs=resnet8:resnet8", "--methods=kd", "--steps=2",
+                  "--batch=8", "--ks=1", "--seeds=0", "--num-examples=64",
+                  "--out={tmp_path}/bench.json"]
+      runpy.run_path("experiments/benchmark.py", run_name="__main__")
+      assert "tensorflow" not in sys.modules and "tensorflow_datasets" not in sys.modules
+      """)
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "| resnet8→resnet8 | kd | (b) device" in out.stdout, out.stdout
+  assert "host numpy" in out.stdout  # (a) fed without tf.data when TF is absent
+  assert os.path.exists(tmp_path / "bench.json") and os.path.exists(tmp_path / "bench.md")
+
+
+def test_vmapped_seeds_equal_separate_runs():
+  """Two seeds in one program, 2 steps: each seed's state == its own run's, to 1e-5."""
+  c = tiny_config(None)
+  nets = train_state.build_networks(c, 10, steps_per_epoch=2)
+  sampler = device_data.Sampler(num_examples=40, batch_size=16, mean=(0.5,) * 3,
+                                std=(0.25,) * 3)
+  rng = np.random.default_rng(0)
+  data = {"image": jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8),
+          "label": jnp.asarray(rng.integers(0, 10, 40), jnp.int32)}
+  together, metrics = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, 2))(
+      seeds.create_states(nets, (0, 1), 32), data, jnp.array([0, 1], jnp.int32), None)
+  assert metrics["loss"].shape == (2, 2)
+  alone = jax.jit(functools.partial(multi_step.device_steps, nets, sampler,
+                                    parallel.batch_sharded(parallel.make_mesh(1)), 2))
+  for k, seed in enumerate((0, 1)):
+    state = train_state.create(nets, jax.random.PRNGKey(seed), image_size=32)
+    state, m = alone(state, data, jnp.int32(seed), None)
+    mine = seeds.unstack(together, k)
+    chex.assert_trees_all_close(mine.params, state.params, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(mine.batch_stats, state.batch_stats, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(metrics["loss"][:, k], m["loss"], rtol=1e-5)
+  table = seeds.summary({"top1": [70.0, 72.0]})
+  assert "| top1 | 71 ± 1.4 | 2 |" in table
+
+
+def test_float16_is_refused_with_a_clear_error():
+  c = tiny_config(None)
+  c.model.dtype = "float16"
+  with pytest.raises(ValueError, match="float16.*loss scaling.*bfloat16"):
+    train_state.build_networks(c, 10, steps_per_epoch=2)
+
+
+def test_bfloat16_afd_loss_is_close_to_float32():
+  """AFD on the same features, given in bf16 vs f32: losses within 2e-2 relative.
+
+  bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2% per value); the loss
+  itself is computed in float32 from the rounded features, so what remains is that
+  input rounding carried through the meta-network and the MSEs.
+  """
+  rng = np.random.default_rng(0)
+  s_shapes = [(8, 8, 8, 16), (8, 4, 4, 32)]
+  t_shapes = [(8, 8, 8, 32), (8, 4, 4, 64)]
+  s = [jnp.asarray(np.abs(rng.normal(size=x)), jnp.float32) for x in s_shapes]
+  t = [jnp.asarray(np.abs(rng.normal(size=x)), jnp.float32) for x in t_shapes]
+  logits = jnp.asarray(rng.normal(size=(8, 10)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+  module = afd.AFD(afd.Config())
+  variables = module.init(jax.random.PRNGKey(0), s, t, logits, logits, labels, train=True)
+
+  def loss(dtype):
+    cast = lambda xs: [x.astype(dtype) for x in xs]  # noqa: E731
+    (value, _), _ = module.apply(variables, cast(s), cast(t), logits.astype(dtype),
+                                 logits.astype(dtype), labels, train=True,
+                                 mutable=["batch_stats"])
+    return value
+
+  f32, bf16 = jax.jit(loss, static_argnums=0)(jnp.float32), jax.jit(
+      loss, static_argnums=0)(jnp.bfloat16)
+  assert f32.dtype == jnp.float32 and bf16.dtype == jnp.float32
+  np.testing.assert_allclose(bf16, f32, rtol=2e-2)
