@@ -8,14 +8,20 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from afd_jax import main, methods, models, train, train_state
+from afd_jax import checkpointing, main, methods, models, train, train_state, transforms
 from config_loading import CONFIG_FILES, load
 from configs import pairs
+from configs.transfer import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000, "digits": 10}
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import transfer_teacher  # noqa: E402  (experiments/ is not a package)
+NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000, "digits": 10,
+               "caltech_birds2011": 200, "stanford_dogs": 120, "mit67": 67, "stanford40": 40}
 DISTILL_FILES = ["cifar100/afd.py", "cifar100/baselines.py", "cifar100/tat.py",
                  "cifar100/aft_kd.py", "cifar100/hmat.py"]
 
@@ -23,7 +29,7 @@ DISTILL_FILES = ["cifar100/afd.py", "cifar100/baselines.py", "cifar100/tat.py",
 def test_every_config_file_is_known():
   assert CONFIG_FILES == sorted(DISTILL_FILES + [
       "cifar100/teacher.py", "imagenet/afd.py", "imagenet/tat.py", "imagenet/teacher.py",
-      "quickstart.py"])
+      "quickstart.py", "transfer/transfer.py"])
 
 
 def _build(config):
@@ -79,6 +85,58 @@ def test_imagenet_configs_build(rel):
   assert config.data.name == "imagenet2012" and config.batch_size == 256
   assert tuple(config.schedule.decay_epochs) == (30, 60, 90)
   _check_method_builds(config, _build(config))
+
+
+@pytest.mark.parametrize("dataset", ["cub200", "dogs", "mit67", "stanford40"])
+def test_transfer_configs_build_with_l2t_ww_schedule(dataset):
+  for method in ("none", "at", "afd"):
+    config = load("transfer/transfer.py", f"dataset={dataset},method={method}")
+    assert config.data.name == transfer.DATASETS[dataset] and config.data.image_size == 224
+    assert transforms.get_preprocessing(config.data.name).default_image_size == 224
+    assert (config.batch_size, config.schedule.name, config.schedule.num_epochs) == (
+        64, "cosine", 200)
+    assert (config.optim.lr, config.optim.momentum, config.optim.weight_decay) == (
+        0.1, 0.9, 1e-4)
+    assert config.model.name == "resnet18_imagenet"
+    nets = _build(config)
+    if method == "none":
+      assert nets.teacher is None and not config.teacher.name
+      continue
+    assert config.teacher.name == "resnet34_imagenet"
+    assert config.teacher.checkpoint == f"runs/transfer/resnet34_imagenet_{dataset}"
+    resolved = methods.resolve(config.method)
+    assert resolved.kd_weight == 0.0 and resolved.ce_weight == 1.0  # features only
+    assert set(config.method) == {"name", "kd_weight"}
+    _check_method_builds(config, nets)
+  with pytest.raises(ValueError, match="KD needs teacher logits over the target"):
+    load("transfer/transfer.py", f"dataset={dataset},method=kd")
+
+
+def test_transfer_teacher_keeps_features_and_gets_a_placeholder_head(tmp_path):
+  """An ImageNet-style checkpoint (here resnet8, 10 classes) -> a 3-class teacher."""
+  model = models.get_model("resnet8", 10)
+  variables = model.init(jax.random.PRNGKey(0), train_state.dummy_batch(32), train=False)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(str(tmp_path / "src" / "best" / "7" / "state"), {
+      "params": {"student": variables["params"], "method": {}},
+      "batch_stats": {"student": variables["batch_stats"], "method": {}}})
+  checkpointer.wait_until_finished()
+  out = transfer_teacher.retarget(str(tmp_path / "src"), 3, str(tmp_path / "out"))
+  target = models.get_model("resnet8", 3)
+  abstract = jax.eval_shape(functools.partial(target.init, train=False),
+                            jax.random.PRNGKey(0), train_state.dummy_batch(32))
+  loaded = checkpointing.load_teacher_variables(out, abstract, "resnet8")
+  assert loaded["params"]["fc"]["kernel"].shape == (64, 3)
+  assert not np.any(loaded["params"]["fc"]["kernel"]) and not np.any(
+      loaded["params"]["fc"]["bias"])
+  same = jax.tree.map(np.array_equal, {k: v for k, v in variables["params"].items()
+                                       if k != "fc"},
+                      {k: v for k, v in loaded["params"].items() if k != "fc"})
+  assert all(jax.tree.leaves(same))
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, variables["batch_stats"],
+                                          loaded["batch_stats"])))
+  with pytest.raises(checkpointing.CheckpointError, match="does not fit"):
+    checkpointing.load_teacher_variables(str(tmp_path / "src"), abstract, "resnet8")
 
 
 def test_method_defaults_are_the_published_ones():
