@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import transfer_teacher  # noqa: E402  (experiments/ is not a package)
 NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000, "digits": 10,
-               "caltech_birds2011": 200, "stanford_dogs": 120, "mit67": 67, "stanford40": 40}
+               "caltech_birds2011": 200, "stanford_dogs": 120, "mit67": 67,
+               "stanford40": 40}
 DISTILL_FILES = ["cifar100/afd.py", "cifar100/baselines.py", "cifar100/tat.py",
                  "cifar100/aft_kd.py", "cifar100/hmat.py"]
 
@@ -115,7 +116,8 @@ def test_transfer_configs_build_with_l2t_ww_schedule(dataset):
 def test_transfer_teacher_keeps_features_and_gets_a_placeholder_head(tmp_path):
   """An ImageNet-style checkpoint (here resnet8, 10 classes) -> a 3-class teacher."""
   model = models.get_model("resnet8", 10)
-  variables = model.init(jax.random.PRNGKey(0), train_state.dummy_batch(32), train=False)
+  variables = model.init(train_state.rbg_key(jax.random.PRNGKey(0)),
+                         train_state.dummy_batch(32), train=False)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(str(tmp_path / "src" / "best" / "7" / "state"), {
       "params": {"student": variables["params"], "method": {}},
@@ -216,7 +218,8 @@ def test_runlocal(rel, digits_data_dir, tmp_path):
   """Every config runs its seconds-long offline smoke version end to end."""
   # Distillation files are exercised on a small pair (the file's code path is the same;
   # its default pair is built above); teachers keep their default model.
-  arg = ("teacher=resnet14,student=resnet8,runlocal" if rel.startswith("cifar100/")
+  arg = ("teacher=resnet14,student=resnet8,runlocal" if rel.startswith(("cifar100/",
+                                                                        "transfer/"))
          and rel != "cifar100/teacher.py" else "runlocal")
   config = load(rel, arg)
   runs = [config.runs[n] for n in config.run_order] if "runs" in config else [config]

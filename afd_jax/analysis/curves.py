@@ -98,8 +98,8 @@ def plot_run(workdir: str, out_png: str | None = None) -> str:
   """
   rows = metric_writer.read_metrics(workdir)
   if not rows:
-    raise FileNotFoundError(f"no metrics in {os.path.join(workdir, metric_writer.METRICS_FILE)}"
-                            " (is it a run's workdir?)")
+    path = os.path.join(workdir, metric_writer.METRICS_FILE)
+    raise FileNotFoundError(f"no metrics in {path} (is it a run's workdir?)")
   out_png = out_png or os.path.join(workdir, CURVES_FILE)
   os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
   name = os.path.basename(os.path.normpath(workdir))

@@ -54,7 +54,8 @@ class Mit67(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Download into <data_dir>/downloads/manual/ these three files from {SOURCE}:
-  {ARCHIVE} (the images, 2.4 GB; http://groups.csail.mit.edu/vision/LabelMe/NewImages/{ARCHIVE}),
+  {ARCHIVE} (the images, 2.4 GB;
+  http://groups.csail.mit.edu/vision/LabelMe/NewImages/{ARCHIVE}),
   {TRAIN_LIST} and {TEST_LIST} (the official split lists).
   """
 

@@ -11,8 +11,8 @@ seen ImageNet). The argument picks the dataset and the method:
 (``stanford_dogs``, 120), ``mit67`` (67; manual download, `afd_jax/datasets/mit67.py`),
 ``stanford40`` (40; manual download, `afd_jax/datasets/stanford40.py`).
 ``method``: ``none`` (the student alone: the papers' "Scratch" row), ``at``, ``afd``
-(default). Expected top-1 (L2T-ww paper, Table 1; AFD paper, transfer table): see
-docs/README_sections.md, "Transfer learning".
+(default). ``teacher=``/``student=`` choose another pair (default: the paper's).
+Expected top-1: docs/README_sections.md, "Transfer learning" (L2T-ww paper, Table 1).
 
 Schedule: L2T-ww's (Jang et al., ICML 2019), which AFD follows for this table; from the
 defaults of ``train_l2t_ww.py`` in github.com/alinlab/L2T-ww: the target network trains
@@ -43,13 +43,14 @@ DATASETS = {"cub200": "caltech_birds2011", "dogs": "stanford_dogs", "mit67": "mi
 METHODS = ("none", "at", "afd")
 
 
-def teacher_checkpoint(dataset: str) -> str:
-  """Where `experiments/transfer_teacher.py` writes the teacher for `dataset`."""
-  return f"runs/transfer/{TEACHER}_{dataset}"
+def teacher_checkpoint(dataset: str, teacher: str = TEACHER) -> str:
+  """Where `experiments/transfer_teacher.py` writes `teacher` for `dataset`."""
+  return f"runs/transfer/{teacher}_{dataset}"
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, dataset="cub200", method="afd")
+  a = common.parse_arg(arg, dataset="cub200", method="afd", teacher=TEACHER,
+                       student=STUDENT)
   if a.dataset not in DATASETS:
     raise ValueError(f"dataset {a.dataset!r} unknown; accepted: {', '.join(DATASETS)}")
   if a.method not in METHODS:
@@ -59,10 +60,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c = common.base()
   c.data.update(dict(name=DATASETS[a.dataset], image_size=224, shuffle_buffer=16_384,
                      prefetch=4))
-  c.model.name = STUDENT
+  c.model.name = a.student
   c.optim.update(dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4))
   c.schedule.update(dict(name="cosine", num_epochs=200, decay_epochs=()))
   if a.method != "none":
-    c.teacher.update(dict(name=TEACHER, checkpoint=teacher_checkpoint(a.dataset)))
+    c.teacher.update(dict(name=a.teacher,
+                          checkpoint=teacher_checkpoint(a.dataset, a.teacher)))
     c.method = ml_collections.ConfigDict(dict(name=a.method, kd_weight=0.0))
   return common.runlocal(c) if a.runlocal else c
