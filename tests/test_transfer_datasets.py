@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 
 from afd_jax import input_pipeline, transforms
-from afd_jax.datasets import mit67, stanford40
+from afd_jax.datasets import availability, mit67, stanford40
 
 SIZE = 48  # pipeline output side (224 in the real configs; same code path)
 
