@@ -8,11 +8,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from afd_jax import checkpointing, main, methods, models, train, train_state, transforms
+from afd_jax import main, methods, train, train_state, transforms
 from config_loading import CONFIG_FILES, load
 from configs import pairs
 from configs.transfer import transfer
