@@ -229,7 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(run.workdir, enabled=chief,
                         resume_step=start if "epoch" in run.meta else -1)
   evaluate = evaluation.Evaluator(run.dataset, run.mesh, cfg.eval_batch_size)
-  if nets.teacher is not None and "teacher_top1" not in run.meta:
+  same_classes = cfg.teacher.get("num_classes") in (None, run.dataset.info.num_classes)
+  if nets.teacher is not None and same_classes and "teacher_top1" not in run.meta:
     t_eval = evaluate(nets.teacher, run.teacher_vars)
     run.meta["teacher_top1"] = t_eval["top1"]
     writer.write_scalars(start, {"teacher/top1": t_eval["top1"],

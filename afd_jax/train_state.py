@@ -85,7 +85,8 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int,
                        f"release's WRN; model {config.model.name!r} is not a WRN")
     compat["bn1_twice"] = True
   student = models.get_model(config.model.name, num_classes, dtype=dtype, **compat)
-  teacher = (models.get_model(config.teacher.name, num_classes, dtype=dtype)
+  teacher = (models.get_model(config.teacher.name,
+                              config.teacher.get("num_classes") or num_classes, dtype=dtype)
              if config.teacher.name and methods.needs_teacher(config.method.name)
              else None)
   size = config.data.image_size

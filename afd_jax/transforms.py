@@ -173,6 +173,11 @@ PREPROCESSING: dict[str, Preprocessing] = {
     # Digits are not mirror-symmetric (a flipped 2 is no digit): crop only.
     "digits": _cifar_style(DIGITS_MEAN, DIGITS_STD, flip=False),
     "imagenet2012": IMAGENET_PREPROCESSING,
+    # Transfer targets (AFD / L2T-ww): ImageNet-style 224 crops, like their teacher's data.
+    "caltech_birds2011": IMAGENET_PREPROCESSING,
+    "stanford_dogs": IMAGENET_PREPROCESSING,
+    "mit67": IMAGENET_PREPROCESSING,
+    "stanford40": IMAGENET_PREPROCESSING,
 }
 
 

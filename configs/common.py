@@ -77,7 +77,11 @@ def base() -> ml_collections.ConfigDict:
   # bn1_twice: the AFD release's WRN BatchNorm statistics (off: PyTorch's usual ones).
   c.model = ml_collections.ConfigDict(dict(name="wrn_16_2", dtype="float32",
                                            bn1_twice=False))
-  c.teacher = ml_collections.ConfigDict(dict(name="", checkpoint="", random_init=False))
+  # num_classes: the teacher's classifier width (None: the dataset's; 1000 for an ImageNet
+  # teacher on a transfer target, whose logits are then never used).
+  c.teacher = ml_collections.ConfigDict(dict(
+      name="", checkpoint="", random_init=False,
+      num_classes=ml_collections.config_dict.placeholder(int)))
   c.method = ml_collections.ConfigDict(dict(name="none"))
   # skip_nonfinite: skip a step whose loss or gradient is not finite (as some large-scale
   # trainers do) instead of stopping the run with an error.

@@ -10,12 +10,15 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from afd_jax import main, methods, models, train, train_state
+from afd_jax import main, methods, train, train_state, transforms
 from config_loading import CONFIG_FILES, load
 from configs import pairs
+from configs.transfer import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000, "digits": 10}
+NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000, "digits": 10,
+               "caltech_birds2011": 200, "stanford_dogs": 120, "mit67": 67,
+               "stanford40": 40}
 DISTILL_FILES = ["cifar100/afd.py", "cifar100/baselines.py", "cifar100/tat.py",
                  "cifar100/aft_kd.py", "cifar100/hmat.py"]
 
@@ -23,7 +26,7 @@ DISTILL_FILES = ["cifar100/afd.py", "cifar100/baselines.py", "cifar100/tat.py",
 def test_every_config_file_is_known():
   assert CONFIG_FILES == sorted(DISTILL_FILES + [
       "cifar100/teacher.py", "imagenet/afd.py", "imagenet/tat.py", "imagenet/teacher.py",
-      "quickstart.py"])
+      "quickstart.py", "transfer/transfer.py"])
 
 
 def _build(config):
@@ -79,6 +82,33 @@ def test_imagenet_configs_build(rel):
   assert config.data.name == "imagenet2012" and config.batch_size == 256
   assert tuple(config.schedule.decay_epochs) == (30, 60, 90)
   _check_method_builds(config, _build(config))
+
+
+@pytest.mark.parametrize("dataset", ["cub200", "dogs", "mit67", "stanford40"])
+def test_transfer_configs_build_with_l2t_ww_schedule(dataset):
+  for method in ("none", "at", "afd"):
+    config = load("transfer/transfer.py", f"dataset={dataset},method={method}")
+    assert config.data.name == transfer.DATASETS[dataset] and config.data.image_size == 224
+    assert transforms.get_preprocessing(config.data.name).default_image_size == 224
+    assert (config.batch_size, config.schedule.name, config.schedule.num_epochs) == (
+        64, "cosine", 200)
+    assert (config.optim.lr, config.optim.momentum, config.optim.weight_decay) == (
+        0.1, 0.9, 1e-4)
+    assert config.model.name == "resnet18_imagenet"
+    nets = _build(config)
+    if method == "none":
+      assert nets.teacher is None and not config.teacher.name
+      continue
+    assert config.teacher.name == "resnet34_imagenet"
+    # The ImageNet teacher as trained or imported: its 1000-class head is never used.
+    assert config.teacher.checkpoint == "runs/imagenet2012/resnet34_imagenet"
+    assert config.teacher.num_classes == 1000
+    resolved = methods.resolve(config.method)
+    assert resolved.kd_weight == 0.0 and resolved.ce_weight == 1.0  # features only
+    assert set(config.method) == {"name", "kd_weight"}
+    _check_method_builds(config, nets)
+  with pytest.raises(ValueError, match="KD needs teacher logits over the target"):
+    load("transfer/transfer.py", f"dataset={dataset},method=kd")
 
 
 def test_method_defaults_are_the_published_ones():
@@ -158,7 +188,8 @@ def test_runlocal(rel, digits_data_dir, tmp_path):
   """Every config runs its seconds-long offline smoke version end to end."""
   # Distillation files are exercised on a small pair (the file's code path is the same;
   # its default pair is built above); teachers keep their default model.
-  arg = ("teacher=resnet14,student=resnet8,runlocal" if rel.startswith("cifar100/")
+  arg = ("teacher=resnet14,student=resnet8,runlocal" if rel.startswith(("cifar100/",
+                                                                        "transfer/"))
          and rel != "cifar100/teacher.py" else "runlocal")
   config = load(rel, arg)
   runs = [config.runs[n] for n in config.run_order] if "runs" in config else [config]

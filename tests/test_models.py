@@ -79,7 +79,7 @@ def _abstract_train_apply(name, dtype=jnp.float32):
   Returns:
     ((logits, {'batch_stats', 'intermediates'}), params), all as ShapeDtypeStructs.
   """
-  model = get_model(name, num_classes, dtype=dtype)
+  model = get_model(name, 10, dtype=dtype)
   size = _input_size(name)
   x = jnp.zeros((2, size, size, 3), jnp.float32)
 

@@ -26,6 +26,10 @@ def _obtain_hint(name: str, data_dir: str) -> str:
     return (f"download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (registration "
             f"at https://image-net.org) into {data_dir}/downloads/manual/, then run "
             f"`tfds build imagenet2012 --data_dir={data_dir}`")
+  if transforms.base_name(name) in datasets.MANUAL_DOWNLOADS:
+    files, source = datasets.MANUAL_DOWNLOADS[transforms.base_name(name)]
+    return (f"download {', '.join(files)} ({source}) into {data_dir}/downloads/manual/, "
+            f"then rerun with config.data.download=True (it prepares offline from them)")
   return (f"run `tfds build {name} --data_dir=<dir>` on a machine with internet access "
           f"and copy <dir>/{transforms.base_name(name)} into {data_dir} (or set "
           f"config.data.download=True on a machine with internet access)")

@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 
+from afd_jax import models
 from afd_jax.models import mobilenet_v2
 
 _STAGE_BLOCK = re.compile(r"^stage(\d+)_block(\d+)$")

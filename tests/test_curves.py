@@ -1,0 +1,97 @@
+"""Training-curve plots: panels, titles and lines from a metrics.jsonl, and a real run."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from afd_jax import train
+from afd_jax.analysis import curves
+from config_loading import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _synthetic_rows():
+  """An AFD-like run: 3 train logs, 2 evals, the teacher's top-1 at step 0."""
+  rows = [{"step": 0, "time": 0.0, "teacher/top1": 71.5, "teacher/top5": 90.0}]
+  for step in (10, 20, 30):
+    rows.append({"step": step, "time": float(step), "train/loss": 3.0 - step / 20,
+                 "train/ce": 2.0 - step / 30, "train/kd": 0.5, "train/afd": 0.01 * step,
+                 "train/lr": 0.1 * (1 - step / 40), "train/top1": 20.0 + step,
+                 "train/images_per_sec": 900.0})
+  rows += [{"step": 20, "eval/top1": 41.0, "eval/top5": 80.0},
+           {"step": 30, "eval/top1": 55.0, "eval/top5": 85.0}]
+  return rows
+
+
+def _write_jsonl(workdir, rows):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+    f.write('{"step": 40, "train/lo')  # a torn last line (killed run) is skipped
+
+
+def test_figure_panels_titles_and_lines_from_metrics():
+  fig = curves.curves_figure(_synthetic_rows(), title="run")
+  loss, lr, top1 = fig.axes
+  assert [a.get_title() for a in fig.axes] == ["train loss terms", "learning rate",
+                                               "eval top-1"]
+  assert (loss.get_xlabel(), lr.get_ylabel(), top1.get_ylabel()) == (
+      "step", "lr", "top-1 (%)")
+  # Every loss term, and nothing that is not one (lr, top1, images/s).
+  assert [line.get_label() for line in loss.lines] == ["loss", "ce", "kd", "afd"]
+  np.testing.assert_allclose(loss.lines[3].get_ydata(), [0.1, 0.2, 0.3])
+  np.testing.assert_allclose(lr.lines[0].get_xdata(), [10, 20, 30])
+  np.testing.assert_allclose(lr.lines[0].get_ydata(), [0.075, 0.05, 0.025])
+  student, teacher = top1.lines
+  np.testing.assert_allclose(student.get_ydata(), [41.0, 55.0])
+  np.testing.assert_allclose(teacher.get_ydata(), [71.5, 71.5])  # horizontal line
+  assert teacher.get_label() == "teacher (71.50)"
+  assert fig.texts[0].get_text() == "run"  # suptitle
+
+
+def test_no_teacher_line_without_teacher_and_render_is_rgb():
+  rows = [r for r in _synthetic_rows() if "teacher/top1" not in r]
+  fig = curves.curves_figure(rows)
+  assert len(fig.axes[2].lines) == 1
+  image = curves.render_curves(rows)
+  assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+  assert image.shape[1] > image.shape[0] > 200 and image.std() > 1  # not blank
+
+
+def test_plot_run_and_script_write_png(tmp_path):
+  workdir = str(tmp_path / "run")
+  _write_jsonl(workdir, _synthetic_rows())
+  out = curves.plot_run(workdir)
+  assert out == os.path.join(workdir, "curves.png")
+  with open(out, "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  assert Image.open(out).size == (1300, 360)
+  other = str(tmp_path / "sub" / "c.png")
+  done = subprocess.run([sys.executable, "experiments/plot_curves.py",
+                         f"--workdir={workdir}", f"--out={other}"], cwd=ROOT,
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  assert os.path.getsize(other) > 10_000 and f"wrote {other}" in done.stdout
+  empty = subprocess.run([sys.executable, "experiments/plot_curves.py",
+                          f"--workdir={tmp_path / 'nothing'}"], cwd=ROOT,
+                         capture_output=True, text=True)
+  assert empty.returncode == 1 and "no metrics in" in empty.stderr
+
+
+def test_curves_of_a_real_run(digits_data_dir, tmp_path):
+  config = tiny_config(digits_data_dir, num_devices=1)
+  config.schedule.num_epochs = 1  # 4 steps, logs at 2 and 4, one eval
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  fig = curves.curves_figure(curves.metric_writer.read_metrics(workdir))
+  loss, lr, top1 = fig.axes
+  assert {line.get_label() for line in loss.lines} >= {"loss", "ce"}
+  np.testing.assert_array_equal(lr.lines[0].get_xdata(), [2, 4])
+  assert len(top1.lines) == 1 and len(top1.lines[0].get_ydata()) == 1
+  out = curves.plot_run(workdir, str(tmp_path / "curves.png"))
+  assert Image.open(out).size == (1300, 360)
