@@ -152,7 +152,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Starting %s from scratch in %s", config.model.name, workdir)
   else:
     state, meta = restored
-    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    logging.info("Resumed from step %s in %s", state.step, workdir)  # (S,): seeds
   meta = {"best_top1": -1.0, "train_seconds": 0.0, **meta}
   teacher_vars = None
   if nets.teacher is not None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from afd_jax import checkpointing, metric_writer, seed_runs, train
+from afd_jax import workdir as workdir_lib
 from config_loading import tiny_config
 
 SEEDS = (0, 1)
@@ -36,34 +37,53 @@ def _state(workdir):
 
 @pytest.fixture(scope="module")
 def runs(digits_data_dir, tmp_path_factory):
-  """The 2-seed vmapped run and each seed's own ordinary run: their workdirs, results."""
+  """The same 2 seeds vmapped (stopped at step 2, then resumed to 4), and one after
+  another (each seed an ordinary, uninterrupted run)."""
   root = tmp_path_factory.mktemp("seeds")
-  out = {"vmapped": str(root / "vmapped"), "root": root}
+  out = {"vmapped": str(root / "vmapped"), "sequential": root / "sequential"}
+  out["first"] = train.train_and_evaluate(
+      _config(digits_data_dir, seeds=SEEDS, vmap_seeds=True, max_steps=2), out["vmapped"])
+  out["step_after_first"] = checkpointing.latest_step(out["vmapped"])
   out["result"] = train.train_and_evaluate(
       _config(digits_data_dir, seeds=SEEDS, vmap_seeds=True), out["vmapped"])
+  out["sequential_result"] = train.train_and_evaluate(
+      _config(digits_data_dir, seeds=SEEDS), str(out["sequential"]))
   for s in SEEDS:
-    out[s] = str(root / f"alone{s}")
-    out[f"result{s}"] = train.train_and_evaluate(_config(digits_data_dir, seed=s), out[s])
+    out[s] = str(out["sequential"] / f"seed_{s}")
+    with open(os.path.join(out[s], "result.json"), encoding="utf-8") as f:
+      out[f"result{s}"] = json.load(f)
   return out
 
 
+def test_seeds_one_after_another_are_ordinary_runs_in_subdirectories(runs, digits_data_dir):
+  """vmap_seeds=False: seed_<s>/ is the run of config.seed = s (its recorded config)."""
+  for s in SEEDS:
+    with open(os.path.join(runs[s], workdir_lib.CONFIG_FILE), encoding="utf-8") as f:
+      assert json.load(f) == workdir_lib.resolved(_config(digits_data_dir, seed=s))
+    assert runs["sequential_result"]["per_seed"][str(s)] == runs[f"result{s}"]
+    assert _state(runs[s])[0] == 4
+  workdir = runs["sequential"]
+  assert (workdir / seed_runs.SUMMARY_FILE).read_text().startswith("| metric |")
+  assert json.loads((workdir / "result.json").read_text())["seeds"] == [0, 1]
+
+
 def test_vmapped_seeds_equal_their_separate_runs(runs):
-  """Seed k of the stacked checkpoint == the run with config.seed = k (params, BN, opt)."""
+  """Seed k of the stacked checkpoint == the run with config.seed = k (params, BN, opt),
+  though the vmapped run stopped at step 2 and resumed from its stacked checkpoint."""
+  assert runs["first"]["step"] == runs["step_after_first"] == 2
   step, stacked = _state(runs["vmapped"])
   assert step == 4 and np.asarray(stacked["step"]).tolist() == [4, 4]
   for k, s in enumerate(SEEDS):
-    alone_step, alone = _state(runs[s])
-    assert alone_step == 4
     mine = jax.tree.map(lambda x, k=k: x[k], stacked)
+    _, alone = _state(runs[s])
     for part in ("params", "batch_stats", "opt_state"):
       chex.assert_trees_all_close(mine[part], alone[part], rtol=1e-5, atol=1e-5)
   # The seeds really differ (each its own init and batches).
   a, b = (jax.tree.leaves(stacked["params"])[0][k] for k in (0, 1))
   assert not np.allclose(a, b)
   for s in SEEDS:  # the same student, evaluated on the same images
-    mine = runs["result"]["per_seed"][str(s)]
-    assert mine["top1"] == pytest.approx(runs[f"result{s}"]["top1"], abs=1e-3)
-    assert mine["best_top1"] == pytest.approx(runs[f"result{s}"]["best_top1"], abs=1e-3)
+    assert runs["result"]["per_seed"][str(s)]["top1"] == pytest.approx(
+        runs[f"result{s}"]["top1"], abs=1e-3)
 
 
 def test_result_summary_and_metrics_per_seed(runs):
@@ -82,39 +102,16 @@ def test_result_summary_and_metrics_per_seed(runs):
   assert f"| top1 | {mean:.4g} ± {std:.2g} | 2 |" in table
   rows = metric_writer.read_metrics(workdir)
   evals = [r for r in rows if "eval/top1" in r]
-  assert [r["step"] for r in evals] == [4]
-  assert evals[0]["seed1/eval/top1"] == pytest.approx(top1[1], abs=1e-3)
-  assert evals[0]["eval/top1"] == pytest.approx(np.mean(top1), abs=1e-3)
+  assert [r["step"] for r in evals] == [2, 4]  # the stop at step 2, the epoch's end
+  assert evals[1]["seed1/eval/top1"] == pytest.approx(top1[1], abs=1e-3)
+  assert evals[1]["eval/top1"] == pytest.approx(np.mean(top1), abs=1e-3)
+  for s in SEEDS:  # each seed's own best over its evaluations
+    assert result["per_seed"][str(s)]["best_top1"] == max(r[f"seed{s}/eval/top1"]
+                                                          for r in evals)
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [2, 4]
   for r in train_rows:
     assert r["train/loss"] == pytest.approx((r["seed0/train/loss"] + r["seed1/train/loss"]) / 2)
-
-
-def test_vmapped_resume_equals_uninterrupted(runs, digits_data_dir):
-  """Stopped at step 2 (stacked checkpoint) and resumed == the straight 4 steps."""
-  workdir = str(runs["root"] / "resumed")
-  first = train.train_and_evaluate(
-      _config(digits_data_dir, seeds=SEEDS, vmap_seeds=True, max_steps=2), workdir)
-  assert first["step"] == 2 and checkpointing.latest_step(workdir) == 2
-  again = train.train_and_evaluate(
-      _config(digits_data_dir, seeds=SEEDS, vmap_seeds=True), workdir)
-  assert again["step"] == 4
-  chex.assert_trees_all_close(_state(workdir)[1]["params"],
-                              _state(runs["vmapped"])[1]["params"], rtol=1e-6, atol=1e-6)
-  assert again["per_seed"] == pytest.approx(runs["result"]["per_seed"])
-
-
-def test_seeds_one_after_another_in_subdirectories(runs, digits_data_dir):
-  """vmap_seeds=False: ordinary runs in seed_<s>/, the same as each seed's own run."""
-  workdir = runs["root"] / "sequential"
-  result = train.train_and_evaluate(_config(digits_data_dir, seeds=SEEDS), str(workdir))
-  for s in SEEDS:
-    chex.assert_trees_all_equal(_state(str(workdir / f"seed_{s}"))[1]["params"],
-                                _state(runs[s])[1]["params"])
-    assert result["per_seed"][str(s)]["top1"] == runs[f"result{s}"]["top1"]
-  assert (workdir / seed_runs.SUMMARY_FILE).read_text().startswith("| metric |")
-  assert json.loads((workdir / "result.json").read_text())["seeds"] == [0, 1]
 
 
 @pytest.mark.parametrize("overrides, match", [
