@@ -112,15 +112,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.vmap_seeds:
     per_seed, common = _train_vmapped(config, path, values)
   else:
-    per_seed, common = {}, {"step": 0, "train_seconds": 0.0}
-    for s in values:
-      r = train.train_and_evaluate(seed_config(config, s), os.path.join(path, f"seed_{s}"),
-                                   allow_config_change)
-      per_seed[s] = r
-      common["step"], common["train_seconds"] = r["step"], common["train_seconds"] + r[
-          "train_seconds"]
-      if "teacher_top1" in r:
-        common["teacher_top1"] = r["teacher_top1"]
+    per_seed = {s: train.train_and_evaluate(seed_config(config, s),
+                                            os.path.join(path, f"seed_{s}"),
+                                            allow_config_change) for s in values}
+    last = per_seed[values[-1]]
+    common = {"step": last["step"],
+              "train_seconds": sum(r["train_seconds"] for r in per_seed.values()),
+              **{k: last[k] for k in ("teacher_top1",) if k in last}}
   return _finish(path, values, per_seed, common)
 
 
