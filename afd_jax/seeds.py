@@ -1,7 +1,7 @@
 """N seeds in one program: the device-resident train step vmapped over runs.
 
-A function-level API (the train loop runs one seed per workdir): the states of S runs
-are stacked on a leading axis, and so are their seeds; each seed keeps its own
+The functions behind ``config.vmap_seeds`` (`seed_runs` holds its train loop): the
+states of S runs are stacked on a leading axis, and so are their seeds; each keeps its own
 initialisation, data order and augmentation (`device_data.Sampler` with that seed), so
 seed ``k`` of a vmapped run computes what a run with ``config.seed = seeds[k]`` computes
 (to float rounding). Because the seeds' batches differ, the frozen teacher's forward pass
@@ -28,7 +28,8 @@ def create_states(nets: train_state.Networks, seeds, image_size: int):
 
 
 def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler, states,
-                       data: dict[str, jax.Array], seeds: jax.Array, teacher_vars):
+                       data: dict[str, jax.Array], seeds: jax.Array, teacher_vars,
+                       batch_sharding=None):
   """One train step of every seed on the device-resident `data`.
 
   Args:
@@ -38,6 +39,8 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
     data: ``{'image': uint8 (N, H, W, 3), 'label': int32 (N,)}``, shared by all seeds.
     seeds: int32 (S,), each run's seed (its data order and augmentation).
     teacher_vars: the frozen teacher's variables (shared), or None.
+    batch_sharding: each seed's batch split over the mesh (as `multi_step.device_steps`),
+      or None (left to XLA).
 
   Returns:
     the new stacked states and metrics of shape (S,).
@@ -45,15 +48,19 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
 
   def one(state, seed):
     batch = sampler.batch(data, seed, state.step)
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return steps.train_step(nets, state, batch, teacher_vars)
 
   return jax.vmap(one)(states, seeds)
 
 
-def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars):
+def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
+                  batch_sharding=None):
   """`n` vmapped steps in one program (``jax.lax.scan``); metrics (n, S)."""
   return jax.lax.scan(
-      lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars),
+      lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars,
+                                      batch_sharding),
       states, None, length=n)
 
 

@@ -106,8 +106,8 @@ class Run:
 
 
 def open_run(config: ml_collections.ConfigDict, workdir: str,
-             require_checkpoint: bool = False) -> Run:
-  """Opens `workdir` for `config`: the newest checkpoint if any, else a fresh state.
+             require_checkpoint: bool = False, create=train_state.create) -> Run:
+  """Opens `workdir` for `config`: its newest checkpoint, else ``create(nets, key, size)``.
 
   Raises:
     ValueError / DatasetNotAvailableError: an invalid config or missing dataset.
@@ -131,7 +131,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
                      f"{config.data.name!r}")
   nets = train_state.build_networks(config, dataset.info.num_classes, steps_per_epoch)
   replicated = parallel.replicated(mesh)
-  init = jax.jit(functools.partial(train_state.create, nets,
+  init = jax.jit(functools.partial(create, nets,
                                    image_size=config.data.image_size),
                  out_shardings=replicated)
   if require_checkpoint and not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -152,7 +152,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Starting %s from scratch in %s", config.model.name, workdir)
   else:
     state, meta = restored
-    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    logging.info("Resumed from step %s in %s", state.step, workdir)  # (S,): seeds
   meta = {"best_top1": -1.0, "train_seconds": 0.0, **meta}
   teacher_vars = None
   if nets.teacher is not None:
@@ -214,6 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Diverged: a non-finite loss or gradient (the last good checkpoints are kept).
     Preempted: SIGTERM/SIGINT arrived; the step reached was saved first.
   """
+  if config.get("seeds"):  # one run per seed: `seed_runs` (which imports this module)
+    from afd_jax import seed_runs  # pylint: disable=g-import-not-at-top
+    return seed_runs.train_and_evaluate(config, workdir, allow_config_change)
   path = os.path.abspath(os.path.expanduser(workdir))
   chief = parallel.is_chief()
   validate_config(config, parallel.make_mesh(config.num_devices).size)

@@ -22,6 +22,8 @@ CONFIG_FILE, HISTORY_FILE, RESULT_FILE = "config.json", "config_history.jsonl", 
 # steps_per_dispatch only regroups the same steps (results equal to float rounding).
 BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices", "data.prefetch",
                "steps_per_dispatch")
+# Fields added after workdirs were written: absent from an older config.json means these.
+ADDED_FIELDS = {"seeds": None, "vmap_seeds": False}
 
 
 class ConfigMismatchError(ValueError):
@@ -50,7 +52,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """``{field: (old, new)}`` for every non-bookkeeping field that differs."""
-  a, b = _flatten(old), _flatten(new)
+  a, b = {**ADDED_FIELDS, **_flatten(old)}, {**ADDED_FIELDS, **_flatten(new)}
   keep = lambda k: not any(k == f or k.startswith(f + ".") for f in BOOKKEEPING)  # noqa
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
           if keep(k) and a.get(k) != b.get(k)}

@@ -22,7 +22,10 @@ A config has these sections (every field can be overridden on the command line, 
 * top level: ``seed``, ``batch_size`` (global), ``eval_batch_size``, ``num_devices``
   (None = all devices), ``max_steps`` (stop early; the schedule still follows
   ``schedule.num_epochs``), ``steps_per_dispatch`` (train steps per compiled call,
-  `afd_jax.multi_step`; logging, evals and checkpoints still land on exact steps).
+  `afd_jax.multi_step`; logging, evals and checkpoints still land on exact steps),
+  ``seeds`` (None: the one run of ``seed``; a tuple, ``--config.seeds=0,1,2``: one run
+  per seed and a mean ± std table, `afd_jax.seed_runs`) and ``vmap_seeds`` (True: all
+  seeds vmapped in one program on the device pipeline; False: one after another).
 
 Every config file accepts ``runlocal`` in its argument: the same models and method on a
 few `digits` images for two steps, offline, with a random-init teacher (seconds on a CPU).
@@ -62,6 +65,8 @@ def base() -> ml_collections.ConfigDict:
   momentum 0.9, wd 5e-4, batch 64, 240 epochs, ×0.1 at epochs 150/180/210."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.seeds = ml_collections.config_dict.placeholder(tuple)
+  c.vmap_seeds = False
   c.batch_size = 64
   c.eval_batch_size = 256
   c.num_devices = ml_collections.config_dict.placeholder(int)
