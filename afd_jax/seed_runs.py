@@ -29,16 +29,14 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import time
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
-from afd_jax import (checkpointing, evaluation, metric_writer, multi_step, parallel, seeds
+from afd_jax import (checkpointing, evaluation, metric_writer, parallel, seeds
                      as seeds_lib, train, train_state)
 from afd_jax import workdir as workdir_lib
 
@@ -175,15 +173,15 @@ class _TrainLog:
   `metric_writer.TrainWindow` (its divergence check), one row: per seed and mean."""
 
   def __init__(self, writer, values, batch_size: int):
-    self.writer, self.values, self.pending, self.row = writer, values, [], {}
+    self.writer, self.values, self.metrics, self.row = writer, values, [], {}
     self.windows = [metric_writer.TrainWindow(_Gather(f"seed{s}/", self.row), batch_size)
                     for s in values]
 
   def write(self, step: int, bar) -> None:
-    if not self.pending:
+    if not self.metrics:
       return
-    got = jax.device_get(self.pending)  # [{name: (n, S)}]
-    self.pending = []
+    got = jax.device_get(self.metrics)  # [{name: (n, S)}]
+    self.metrics = []
     self.row.clear()
     for k, window in enumerate(self.windows):
       window.metrics = [{name: v[:, k] for name, v in m.items()} for m in got]
@@ -241,7 +239,9 @@ def _train_vmapped(config, path: str, values) -> tuple[dict, dict]:
   writer = metric_writer.MetricWriter(run.workdir, enabled=chief,
                                       resume_step=start if "epoch" in run.meta else -1)
   evaluate = evaluation.Evaluator(run.dataset, run.mesh, cfg.eval_batch_size)
-  same_classes = cfg.teacher.get("num_classes") in (None, run.dataset.info.num_classes)
+  # A random-init (smoke) teacher is not evaluated: its accuracy means nothing.
+  same_classes = (cfg.teacher.get("num_classes") in (None, run.dataset.info.num_classes)
+                  and not cfg.teacher.get("random_init"))
   if run.nets.teacher is not None and same_classes and "teacher_top1" not in run.meta:
     t_eval = evaluate(run.nets.teacher, run.teacher_vars)
     run.meta["teacher_top1"] = t_eval["top1"]
@@ -249,36 +249,11 @@ def _train_vmapped(config, path: str, values) -> tuple[dict, dict]:
                                  "teacher/top5": t_eval["top5"]})
   dispatch = SeedsDispatcher(run.nets, run.mesh, run.teacher_vars, run.sampler,
                              run.train_data, values)
-  k = multi_step.steps_per_dispatch(cfg)
-  log_every, ckpt_every = max(1, cfg.logging.log_every_steps), cfg.logging.checkpoint_every_steps
-  eval_every = max(1, cfg.logging.eval_every_epochs)
-  log, state, segment_start = _TrainLog(writer, values, cfg.batch_size), run.state, time.time()
-  bar = tqdm.tqdm(total=stop, initial=start, dynamic_ncols=True, leave=False,
-                  disable=not (cfg.logging.progress_bar and chief))
   try:
-    with parallel.Preemption() as preemption:
-      step = start
-      while step < stop:
-        n = multi_step.chunk_length(step, stop, k, (log_every, spe, ckpt_every))
-        state, metrics = dispatch(state, n)
-        step += n
-        log.pending.append(metrics)
-        bar.update(n)
-        epoch_end = step % spe == 0 or step == stop
-        if step % log_every == 0 or epoch_end:
-          log.write(step, bar)
-        if epoch_end and ((step // spe) % eval_every == 0 or step == stop):
-          _evaluate(run, state, step, values, evaluate, writer)
-        if epoch_end or (ckpt_every and step % ckpt_every == 0):
-          log.write(step, bar)  # the divergence check before anything is saved
-          run.save(step, state, segment_start)
-        stopping = [preemption.reached(s) for s in range(step - n + 1, step + 1)]
-        if any(stopping) and step < stop:
-          log.write(step, bar)
-          run.save(step, state, segment_start)
-          raise train.Preempted(preemption.signum, step)
+    train.run_steps(
+        run, run.state, start, stop, dispatch, _TrainLog(writer, values, cfg.batch_size),
+        lambda state, step: _evaluate(run, state, step, values, evaluate, writer))
   finally:
-    bar.close()
     writer.close()
     run.ckpts.close()
   meta = run.meta

@@ -5,9 +5,8 @@ method distils from the frozen teacher named by ``config.teacher``. `train_and_e
 is a flat loop around the jitted `steps.train_step`, ``config.steps_per_dispatch`` steps
 per dispatch (`multi_step`), with periodic actions landing on exact steps: logging,
 evaluation (followed by the method's own analyses, e.g. AFD's link heatmap),
-checkpointing and the preemption check. Training batches come from tf.data
-(`input_pipeline`) or, with ``config.data.pipeline='device'``, from the split held on
-the devices (`device_data`); TensorFlow is imported only when a dataset is opened.
+checkpointing and the preemption check. Batches come from tf.data (`input_pipeline`) or
+the split held on the devices (``data.pipeline='device'``, `device_data`).
 """
 from __future__ import annotations
 
@@ -23,10 +22,11 @@ import jax
 import ml_collections
 import tqdm
 
-from afd_jax import (analysis, checkpointing, device_data, evaluation, methods,
+from afd_jax import (analysis, checkpointing, device_data, evaluation,
                      metric_writer, multi_step, parallel, steps, train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
+from afd_jax.workdir import validate_config  # noqa: F401  (re-exported)
 
 
 def inject_fault(where: str, step: int) -> None:
@@ -46,36 +46,6 @@ class Preempted(Exception):
   def __init__(self, signum: int, step: int):
     super().__init__(f"stopped by signal {signum} after saving step {step}")
     self.signum, self.step = signum, step
-
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Clear errors for settings that cannot run, before anything is built."""
-  for field in ("batch_size", "eval_batch_size"):
-    value = config[field]
-    if value <= 0 or value % num_devices:
-      raise ValueError(f"config.{field}={value} must be a positive multiple of the "
-                       f"{num_devices} devices in the mesh (the batch is split evenly "
-                       "across them)")
-  checks = [("optim.lr", config.optim.lr, lambda v: v > 0, "> 0"),
-            ("optim.weight_decay", config.optim.weight_decay, lambda v: v >= 0, ">= 0"),
-            ("optim.momentum", config.optim.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("schedule.num_epochs", config.schedule.num_epochs, lambda v: v > 0, "> 0"),
-            ("schedule.warmup_epochs", config.schedule.warmup_epochs,
-             lambda v: 0 <= v <= config.schedule.num_epochs, "in [0, num_epochs]"),
-            ("logging.keep_checkpoints", config.logging.keep_checkpoints,
-             lambda v: v >= 1, ">= 1"),
-            ("max_steps", config.max_steps, lambda v: v is None or v > 0, "> 0 or None"),
-            ("data.image_size", config.data.image_size, lambda v: v is None or v > 0,
-             "> 0 (or None for the dataset's default)")]
-  for name, value, ok, accepted in checks:
-    if not ok(value):
-      raise ValueError(f"config.{name}={value!r} is out of range; accepted: {accepted}")
-  multi_step.steps_per_dispatch(config)
-  methods.resolve(config.method)  # unknown method or field: the accepted ones are listed
-  if (config.teacher.name and methods.needs_teacher(config.method.name)
-      and not config.teacher.checkpoint and not config.teacher.get("random_init")):
-    raise ValueError(f"config.teacher.checkpoint is empty but method "
-                     f"{config.method.name!r} distils from teacher {config.teacher.name!r}")
 
 
 @dataclasses.dataclass
@@ -232,7 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(run.workdir, enabled=chief,
                         resume_step=start if "epoch" in run.meta else -1)
   evaluate = evaluation.Evaluator(run.dataset, run.mesh, cfg.eval_batch_size)
-  same_classes = cfg.teacher.get("num_classes") in (None, run.dataset.info.num_classes)
+  same_classes = (cfg.teacher.get("num_classes") in (None, run.dataset.info.num_classes)
+                  and not cfg.teacher.get("random_init"))  # smoke teachers: not evaluated
   if nets.teacher is not None and same_classes and "teacher_top1" not in run.meta:
     t_eval = evaluate(nets.teacher, run.teacher_vars)
     run.meta["teacher_top1"] = t_eval["top1"]
@@ -247,12 +218,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, sampler=run.sampler,
                                      data=run.train_data, seed=cfg.seed)
+  window = metric_writer.TrainWindow(writer, cfg.batch_size)
+  try:
+    segment_start = run_steps(run, run.state, start, stop, dispatch, window,
+                              lambda state, step: _evaluate(run, state, step, evaluate,
+                                                            writer))
+  finally:
+    writer.close()
+    run.ckpts.close()
+  return _result(run, stop, segment_start if stop > start else None)
+
+
+def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate) -> float:
+  """Steps ``start+1..stop``, `dispatch` ``(state, n) -> (state, metrics)`` n at a time,
+  with the periodic actions on exact steps: `window` (``.metrics`` pending, ``.write(step,
+  bar)`` logs them: the divergence check), ``evaluate(state, step)`` at eval epochs,
+  checkpoints and the preemption check. Also the loop of `seed_runs` (stacked states).
+
+  Returns:
+    the time this segment of the run started (`Run.save`'s bookkeeping).
+  """
+  cfg, spe = run.config, run.steps_per_epoch
   k = multi_step.steps_per_dispatch(cfg)
   log_every, ckpt_every = max(1, cfg.logging.log_every_steps), cfg.logging.checkpoint_every_steps
-  eval_every = max(1, cfg.logging.eval_every_epochs)
-  window, state, segment_start = metric_writer.TrainWindow(writer, cfg.batch_size), run.state, time.time()
+  eval_every, segment_start = max(1, cfg.logging.eval_every_epochs), time.time()
   bar = tqdm.tqdm(total=stop, initial=start, dynamic_ncols=True, leave=False,
-                  disable=not (cfg.logging.progress_bar and chief))
+                  disable=not (cfg.logging.progress_bar and parallel.is_chief()))
   try:
     with parallel.Preemption() as preemption:
       step = start
@@ -268,21 +259,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % log_every == 0 or epoch_end:
           window.write(step, bar)
         if epoch_end and ((step // spe) % eval_every == 0 or step == stop):
-          _evaluate(run, state, step, evaluate, writer)
+          evaluate(state, step)
         if epoch_end or (ckpt_every and step % ckpt_every == 0):
           window.write(step, bar)  # the divergence check before anything is saved
           run.save(step, state, segment_start)
         # Every step is offered to the multi-host sync point; at the last: just finish.
-        stopping = [preemption.reached(s) for s in range(step - n + 1, step + 1)]
-        if any(stopping) and step < stop:
+        if any(preemption.reached(s) for s in range(step - n + 1, step + 1)) and step < stop:
           window.write(step, bar)
           run.save(step, state, segment_start)
           raise Preempted(preemption.signum, step)
   finally:
     bar.close()
-    writer.close()
-    run.ckpts.close()
-  return _result(run, stop, segment_start if stop > start else None)
+  return segment_start
 
 
 def _result(run: Run, step: int, segment_start: float | None) -> dict[str, float]:

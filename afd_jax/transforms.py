@@ -8,7 +8,10 @@ the registry (statistics, which datasets flip) is TF-free for `afd_jax.device_da
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:  # annotations only: TensorFlow is imported where the tf.data path runs
+  import tensorflow as tf
 
 TrainFn = Callable[[Any, Any, int], Any]  # (image, seed (2,), size) -> tf.Tensor
 EvalFn = Callable[[Any, int], Any]  # (image, size) -> tf.Tensor
