@@ -87,7 +87,7 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
       grads=grads, batch_stats={"student": s_stats, "method": m_mut.get("batch_stats", {})},
       method_state=m_mut.get("method_state", {}))
   metrics = dict(metrics, loss=loss, lr=nets.schedule(state.step),
-                 grad_norm=optax.global_norm(grads),
+                 grad_norm=optax.tree.norm(grads),
                  top1=jnp.mean(jnp.argmax(logits, -1) == labels))
   if nets.skip_nonfinite:
     # Keep the old state (but count the step) when anything is non-finite.
