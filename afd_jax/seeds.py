@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from afd_jax import device_data, steps, train_state
+from afd_jax import device_data, multi_step, steps, train_state
 
 
 def create_states(nets: train_state.Networks, seeds, image_size: int):
@@ -57,11 +57,11 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
 
 def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
                   batch_sharding=None):
-  """`n` vmapped steps in one program (``jax.lax.scan``); metrics (n, S)."""
-  return jax.lax.scan(
+  """`n` vmapped steps in one program (`multi_step.repeat`); metrics (n, S)."""
+  return multi_step.repeat(
       lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars,
                                       batch_sharding),
-      states, None, length=n)
+      states, n)
 
 
 def unstack(states, k: int):

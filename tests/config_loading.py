@@ -40,3 +40,19 @@ def distill(c, teacher_dir, method="kd", teacher="resnet8", **fields):
   c.teacher.checkpoint = teacher_dir
   c.method = ml_collections.ConfigDict(dict(name=method, **fields))
   return c
+
+
+def tiny_device_setup():
+  """(networks, sampler, data) of `tiny_config` on the device path: 40 random uint8 images."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from afd_jax import device_data, train_state  # pylint: disable=g-import-not-at-top
+
+  nets = train_state.build_networks(tiny_config(None), 10, steps_per_epoch=2)
+  sampler = device_data.Sampler(num_examples=40, batch_size=16, mean=(0.5,) * 3,
+                                std=(0.25,) * 3)
+  rng = np.random.default_rng(0)
+  data = {"image": jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8),
+          "label": jnp.asarray(rng.integers(0, 10, 40), jnp.int32)}
+  return nets, sampler, data

@@ -11,7 +11,7 @@ import pytest
 
 from afd_jax import (checkpointing, device_data, multi_step, parallel, steps, train,
                      train_state, transforms)
-from config_loading import tiny_config
+from config_loading import tiny_config, tiny_device_setup
 
 DRAWS = 2000
 
@@ -132,20 +132,17 @@ def test_batches_do_not_depend_on_the_number_of_devices():
 
 
 def test_k_steps_per_dispatch_equal_k_single_steps_and_trace_once(monkeypatch):
-  """One program of 4 scanned steps == 4 one-step calls; 3 calls trace the step once."""
-  c = tiny_config(None)
-  nets = train_state.build_networks(c, 10, steps_per_epoch=2)
-  sampler = device_data.Sampler(num_examples=40, batch_size=16, mean=(0.5,) * 3,
-                                std=(0.25,) * 3)
-  rng = np.random.default_rng(0)
-  data = {"image": jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8),
-          "label": jnp.asarray(rng.integers(0, 10, 40), jnp.int32)}
+  """One program of 4 steps == 4 one-step calls; 3 calls trace the program once."""
+  nets, sampler, data = tiny_device_setup()
   mesh = parallel.make_mesh(1)
   # As `train.open_run` makes it: already laid out on the mesh, as the step's outputs are.
   init = lambda: jax.jit(functools.partial(train_state.create, nets, image_size=32),  # noqa
                          out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-  # Two programs (1 and 4 steps), each tracing the step once, however often called.
-  monkeypatch.setattr(steps, "train_step", chex.assert_max_traces(steps.train_step, n=2))
+  # Two programs (1 and 4 steps), traced once however often called; on CPU the 4 steps
+  # are unrolled in the program (`multi_step.repeat`): 4 traces there, once.
+  traces = 1 + (4 if jax.default_backend() == "cpu" else 1)
+  monkeypatch.setattr(steps, "train_step",
+                      chex.assert_max_traces(steps.train_step, n=traces))
   dispatch = multi_step.Dispatcher(nets, mesh, None, sampler=sampler, data=data, seed=0)
   single = init()
   for _ in range(4):
@@ -156,6 +153,17 @@ def test_k_steps_per_dispatch_equal_k_single_steps_and_trace_once(monkeypatch):
   for _ in range(2):  # no retrace, the donated state is replaced each time
     chunked, _ = dispatch(chunked, 4)
   assert int(chunked.step) == 12
+
+
+def test_repeat_scanned_equals_unrolled():
+  """`multi_step.repeat` as a lax.scan (GPU/TPU) == unrolled (CPU), stacked metrics too."""
+  body = lambda c, x: (c * 0.5 + x, {"c": c.sum(), "x": x})  # noqa: E731
+  xs = jnp.arange(12.0).reshape(3, 2, 2)
+  scanned = multi_step.repeat(body, jnp.ones((2, 2)), 3, xs, unroll=False)
+  unrolled = multi_step.repeat(body, jnp.ones((2, 2)), 3, xs, unroll=True)
+  chex.assert_trees_all_close(scanned, unrolled)
+  assert unrolled[1]["x"].shape == (3, 2, 2)
+  np.testing.assert_allclose(unrolled[0], ((1 * 0.5 + xs[0]) * 0.5 + xs[1]) * 0.5 + xs[2])
 
 
 def test_resume_from_a_mid_chunk_step_is_exact(digits_data_dir, tmp_path):

@@ -4,6 +4,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +152,23 @@ def test_rerunning_a_finished_run_changes_no_file(digits_data_dir, straight):
   assert snapshot() == before
   with open(os.path.join(straight, "result.json")) as f:
     assert json.load(f) == result
+
+
+def test_steps_replayed_after_a_kill_and_the_teacher_are_logged_once(digits_data_dir,
+                                                                      straight, tmp_path):
+  """As after kill -9 between logging steps 5-8 and saving step 8: the resumed run replays
+  them; each step (and the teacher's row) is then in metrics.jsonl once, in order."""
+  wd = str(tmp_path / "run")
+  first = train.train_and_evaluate(distill(tiny_config(digits_data_dir), straight), wd)
+  shutil.rmtree(os.path.join(wd, "checkpoints", "8"))
+  os.remove(os.path.join(wd, "result.json"))
+  again = train.train_and_evaluate(distill(tiny_config(digits_data_dir), straight), wd)
+  rows = metric_writer.read_metrics(wd)
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == 8
+  assert [r["step"] for r in rows if "teacher/top1" in r] == [0]
+  assert [s for s, _ in _eval_rows(wd)] == [4, 8]
+  assert again["top1"] == first["top1"] and again["teacher_top1"] == first["teacher_top1"]
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -8,13 +8,12 @@ import textwrap
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from afd_jax import device_data, multi_step, parallel, seeds, train_state
+from afd_jax import multi_step, parallel, seeds, train_state
 from afd_jax.methods import afd
-from config_loading import tiny_config
+from config_loading import tiny_config, tiny_device_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,13 +50,7 @@ def test_training_and_the_benchmark_need_no_tensorflow(tmp_path):
 
 def test_vmapped_seeds_equal_separate_runs():
   """Two seeds in one program, 2 steps: each seed's state == its own run's, to 1e-5."""
-  c = tiny_config(None)
-  nets = train_state.build_networks(c, 10, steps_per_epoch=2)
-  sampler = device_data.Sampler(num_examples=40, batch_size=16, mean=(0.5,) * 3,
-                                std=(0.25,) * 3)
-  rng = np.random.default_rng(0)
-  data = {"image": jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8),
-          "label": jnp.asarray(rng.integers(0, 10, 40), jnp.int32)}
+  nets, sampler, data = tiny_device_setup()
   together, metrics = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, 2))(
       seeds.create_states(nets, (0, 1), 32), data, jnp.array([0, 1], jnp.int32), None)
   assert metrics["loss"].shape == (2, 2)
