@@ -32,7 +32,7 @@ STEPS = 12  # 3 epochs of 4 steps
 def _run(workdir, data_dir, inject=""):
   args = [sys.executable, "-m", "afd_jax.main",
           "--config=configs/cifar100/teacher.py:model=resnet8,runlocal",
-          f"--config.data.data_dir={data_dir}", "--config.max_steps=None",
+          f"--config.data.data_dir={data_dir}", f"--config.max_steps={STEPS}",
           "--config.schedule.num_epochs=3", "--config.data.num_train_examples=64",
           "--config.logging.log_every_steps=2", f"--workdir={workdir}"]
   env = dict(os.environ, AFD_JAX_INJECT=inject, JAX_PLATFORMS="cpu")
