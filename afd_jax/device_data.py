@@ -90,7 +90,8 @@ class Sampler:
 
   def batch(self, data: dict[str, jax.Array], seed: jax.Array, step: jax.Array
             ) -> dict[str, jax.Array]:
-    """``{'image': float32 (B, H, W, 3) normalised, 'label': int32 (B,)}`` of `step`.
+    """``{'image': float32 (B, H, W, 3) normalised, 'label': int32 (B,), 'index': int32
+    (B,)}`` of `step` (``index``: the examples' positions in the split).
 
     Args:
       data: ``{'image': uint8 (N, H, W, 3), 'label': int32 (N,)}`` (from `load`).
@@ -103,7 +104,8 @@ class Sampler:
     images = jax.vmap(lambda x, k: pad_crop_flip(x, k, flip=self.flip))(
         data["image"][idx], keys)
     mean, std = jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.std, jnp.float32)
-    return {"image": (images / 255.0 - mean) / std, "label": data["label"][idx]}
+    return {"image": (images / 255.0 - mean) / std, "label": data["label"][idx],
+            "index": idx}
 
 
 def _unsupported(config_data: ml_collections.ConfigDict, dataset) -> str | None:

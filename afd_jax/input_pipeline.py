@@ -164,6 +164,11 @@ class Dataset:
     # No cache: an epoch may stop before the end of the part (remainder dropped), and a
     # partly read cache is discarded with a warning every epoch.
     raw = self._read(split, autocache=False)
+    # Each example's position in the (capped) training split: the parts are consecutive
+    # blocks of N // shards examples. Enumerated before shuffling (the order is unchanged).
+    offset = part * (self.info.num_train_examples // self.input_shards)
+    raw = raw.enumerate().map(
+        lambda i, ex: dict(ex, index=tf.cast(i + offset, tf.int32)))
     per_epoch = steps_per_epoch * part_batch
     buffer = self.config.shuffle_buffer
 
@@ -180,7 +185,9 @@ class Dataset:
     """Endless training batches of this process, from global step `start_step` on.
 
     Yields:
-      ``{'image': float32 (b, H, W, 3) normalised, 'label': int32 (b,)}`` numpy arrays,
+      ``{'image': float32 (b, H, W, 3) normalised, 'label': int32 (b,), 'index': int32
+      (b,)}`` numpy arrays (``index``: the example's position in the training split, as
+      in `train_labels`),
       ``b = global_batch_size // jax.process_count()``: this process's parts' sub-batches
       concatenated in part order.
 
@@ -207,7 +214,7 @@ class Dataset:
       image = prep.train(ex[self.image_key], key, size)
       image = transforms.normalise(image, prep.mean, prep.std)
       return {"image": tf.ensure_shape(image, (size, size, 3)),
-              "label": tf.cast(ex[self.label_key], tf.int32)}
+              "label": tf.cast(ex[self.label_key], tf.int32), "index": ex["index"]}
 
     streams = []
     for part in parts:
@@ -219,6 +226,13 @@ class Dataset:
     ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
         lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]})
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+  def train_labels(self) -> np.ndarray:
+    """int32 (N,): the labels of the (capped) training split in index order."""
+    split = _capped(self.config.train_split, self.config.get("num_train_examples"))
+    ds = self._read(split, autocache=False).map(
+        lambda ex: tf.cast(ex[self.label_key], tf.int32))
+    return np.concatenate(list(ds.batch(8192).as_numpy_iterator()))
 
   def eval_iterator(self, global_batch_size: int) -> Iterator[Batch]:
     """One pass over this process's part of the eval split, in full batches.

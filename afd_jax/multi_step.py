@@ -87,28 +87,32 @@ class Dispatcher:
     teacher_vars: the frozen teacher's variables (or None).
     batches: host batches on the devices (tf.data path), or None with `sampler`.
     sampler, data, seed: the device-resident path (`device_data.load`, the run's seed).
+    state_sharding: the train state's shardings (`parallel.state_sharding`); None:
+      replicated.
   """
 
   def __init__(self, nets, mesh, teacher_vars, *, batches: Iterator[Any] | None = None,
-               sampler: device_data.Sampler | None = None, data=None, seed: int = 0):
+               sampler: device_data.Sampler | None = None, data=None, seed: int = 0,
+               state_sharding=None):
     self.nets, self.teacher_vars, self.batches = nets, teacher_vars, batches
     self.sampler, self.data = sampler, data
     self.rep, self.sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    self.state = state_sharding if state_sharding is not None else self.rep
     self.seed = jax.device_put(jnp.asarray(seed, jnp.int32), self.rep)
     self.programs: dict[int, Any] = {}
 
   def program(self, n: int):
     """The jitted program of `n` steps (built once per n); state donated."""
     if n not in self.programs:
-      rep, sharded = self.rep, self.sharded
+      rep, sharded, st = self.rep, self.sharded, self.state
       if self.sampler is not None:
         fn = functools.partial(device_steps, self.nets, self.sampler, sharded, n)
-        shardings = (rep, rep, rep, rep)
+        shardings = (st, rep, rep, rep)
       elif n == 1:  # exactly the one-step program of k = 1
-        fn, shardings = functools.partial(steps.train_step, self.nets), (rep, sharded, rep)
+        fn, shardings = functools.partial(steps.train_step, self.nets), (st, sharded, rep)
       else:
-        fn, shardings = functools.partial(host_steps, self.nets), (rep, sharded, rep)
-      self.programs[n] = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep),
+        fn, shardings = functools.partial(host_steps, self.nets), (st, sharded, rep)
+      self.programs[n] = jax.jit(fn, in_shardings=shardings, out_shardings=(st, rep),
                                  donate_argnums=(0,))
     return self.programs[n]
 

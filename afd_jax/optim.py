@@ -1,6 +1,9 @@
 """Learning-rate schedules and the optimizer (SGD with PyTorch-style weight decay)."""
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import ml_collections
 import optax
 
@@ -35,3 +38,16 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
       optax.sgd(schedule, momentum=config.optim.momentum or None,
                 nesterov=config.optim.nesterov))
   return tx, schedule
+
+
+def only_trainable(tx: optax.GradientTransformation,
+                   trainable: Callable[[tuple[str, ...]], bool]
+                   ) -> optax.GradientTransformation:
+  """`tx` on the parameters whose path (a tuple of dict keys, e.g. ``('method',
+  'translator', 'Conv_0', 'kernel')``) is `trainable`; the others get no update at all
+  (no weight decay, no momentum)."""
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if trainable(tuple(k.key for k in path)) else "frozen",
+        params)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -77,6 +77,20 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def state_sharding(mesh: Mesh, state):
+  """Shardings of a train state (arrays or ShapeDtypeStructs): replicated, except the
+  method's memory banks (``method_state`` leaves named ``memory*``, CRD's (N, d)), whose
+  rows are split over the ``data`` axis when N divides evenly (else replicated; stacked
+  seeds' (S, N, d) banks too)."""
+  def rule(path, leaf):
+    keys = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+    if ("method_state" in keys and keys[-1].startswith("memory") and len(leaf.shape) == 2
+        and leaf.shape[0] % mesh.size == 0):
+      return NamedSharding(mesh, P("data"))
+    return replicated(mesh)
+  return jax.tree_util.tree_map_with_path(rule, state)
+
+
 def shard_batch(batch: dict[str, np.ndarray],
                 sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
   """This process's numpy batch -> global `jax.Array`s laid out by `sharding`.

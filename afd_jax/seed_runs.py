@@ -226,6 +226,11 @@ def _train_vmapped(config, path: str, values) -> tuple[dict, dict]:
   """
   chief = parallel.is_chief()
   run = train.open_run(config, path, create=stacked_create(values))
+  if run.nets.distiller.init_phase is not None:
+    run.ckpts.close()
+    raise ValueError(f"config.vmap_seeds=True cannot run the init phase of the two-stage "
+                     f"method {config.method.name!r}; accepted: vmap_seeds=False (the "
+                     "seeds one after another)")
   if run.sampler is None:
     run.ckpts.close()
     raise ValueError(f"config.vmap_seeds=True needs the device-resident split, but "

@@ -45,12 +45,26 @@ def teacher_outputs(nets, teacher_vars, images):
 
 
 def method_objective(nets, state, params, s_feats, t_feats, s_logits, t_logits, labels, *,
-                     train: bool, mutable, rngs=None):
-  """The one call of the method's module: ``((loss, metrics), updated collections)``."""
+                     train: bool, mutable, rngs=None, index=None):
+  """The one call of the method's module: ``((loss, metrics), updated collections)``.
+
+  In the init phase of a two-stage method (``nets.phase == 'init'``) the objective is the
+  module's ``init_loss``. `index` (B,): the examples' positions in the training split,
+  passed to methods that read it (``distiller.needs_index``: CRD's memory bank).
+  """
   variables = {"params": params["method"], "batch_stats": state.batch_stats["method"],
                "method_state": state.method_state}
+  kwargs = {}
+  if nets.distiller.needs_index:
+    if index is None:
+      raise ValueError(f"method {nets.distiller.name!r} needs the batch's 'index' (the "
+                       "examples' positions in the training split)")
+    kwargs["index"] = index
+  if nets.phase == "init":
+    kwargs["method"] = "init_loss"
   return nets.distiller.module.apply(variables, s_feats, t_feats, s_logits, t_logits,
-                                     labels, train=train, mutable=mutable, rngs=rngs)
+                                     labels, train=train, mutable=mutable, rngs=rngs,
+                                     **kwargs)
 
 
 def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
@@ -60,7 +74,7 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
   Args:
     nets: the run's static `train_state.Networks`.
     state: the `train_state.TrainState` (replicated).
-    batch: ``{'image': (B, H, W, 3), 'label': (B,)}``, sharded along B.
+    batch: ``{'image': (B, H, W, 3), 'label': (B,)[, 'index': (B,)]}``, sharded along B.
     teacher_vars: the frozen teacher's ``{'params', 'batch_stats'}`` (or None).
 
   Returns:
@@ -69,22 +83,26 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
   images, labels = batch["image"], batch["label"]
   t_logits, t_feats = teacher_outputs(nets, teacher_vars, images)
   rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
+  # The init phase of FT trains only the method: the student runs in eval mode there.
+  student_train = nets.phase != "init" or nets.distiller.init_phase.train_student
 
   def loss_fn(params):
     s_logits, s_feats, s_stats = forward(
         nets.student, {"params": params["student"],
                        "batch_stats": state.batch_stats["student"]},
-        images, train=True, rngs=rngs)
+        images, train=student_train, rngs=rngs)
     (loss, metrics), m_mut = method_objective(
         nets, state, params, select(s_feats, nets.distiller.student_features), t_feats,
         s_logits, t_logits, labels, train=True, mutable=["batch_stats", "method_state"],
-        rngs=rngs)
+        rngs=rngs, index=batch.get("index"))
     return loss, (metrics, s_logits, s_stats, m_mut)
 
   (loss, (metrics, logits, s_stats, m_mut)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(
-      grads=grads, batch_stats={"student": s_stats, "method": m_mut.get("batch_stats", {})},
+      grads=grads, batch_stats={
+          "student": state.batch_stats["student"] if s_stats is None else s_stats,
+          "method": m_mut.get("batch_stats", {})},
       method_state=m_mut.get("method_state", {}))
   metrics = dict(metrics, loss=loss, lr=nets.schedule(state.step),
                  grad_norm=optax.tree.norm(grads),
@@ -116,8 +134,9 @@ def method_intermediates(nets, state, batch, teacher_vars) -> dict:
       "params": state.params["student"], "batch_stats": state.batch_stats["student"]},
                                  batch["image"], train=False)
   t_logits, t_feats = teacher_outputs(nets, teacher_vars, batch["image"])
+  index = batch.get("index", jnp.zeros_like(batch["label"]))
   _, mut = method_objective(nets, state, state.params,
                             select(s_feats, nets.distiller.student_features), t_feats,
                             s_logits, t_logits, batch["label"], train=False,
-                            mutable=["intermediates"])
+                            mutable=["intermediates"], index=index)
   return mut.get("intermediates", {})

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -22,8 +23,8 @@ import jax
 import ml_collections
 import tqdm
 
-from afd_jax import (analysis, checkpointing, device_data, evaluation,
-                     metric_writer, multi_step, parallel, steps, train_state)
+from afd_jax import (analysis, checkpointing, device_data, evaluation, init_phase,
+                     methods, metric_writer, multi_step, parallel, steps, train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
 from afd_jax.workdir import validate_config  # noqa: F401  (re-exported)
@@ -66,6 +67,10 @@ class Run:
   sampler: device_data.Sampler | None = None  # the device-resident path, or None
   train_data: Any = None  # its uint8 split on the devices
 
+  def state_sharding(self, state) -> Any:
+    """The shardings of `state` (arrays or shapes) on this run's mesh."""
+    return parallel.state_sharding(self.mesh, state)
+
   def save(self, step: int, state, segment_start: float) -> None:
     """Checkpoints `state` with the bookkeeping of `meta` (every process must call it)."""
     inject_fault("save", step)
@@ -99,17 +104,20 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                      f"{dataset.info.num_train_examples} training examples of "
                      f"{config.data.name!r}")
-  nets = train_state.build_networks(config, dataset.info.num_classes, steps_per_epoch)
+  labels = (dataset.train_labels() if methods.needs_labels(config.method.name) else None)
+  nets = train_state.build_networks(config, dataset.info.num_classes, steps_per_epoch,
+                                    train_labels=labels)
   replicated = parallel.replicated(mesh)
-  init = jax.jit(functools.partial(create, nets,
-                                   image_size=config.data.image_size),
-                 out_shardings=replicated)
+  create_fn = functools.partial(create, nets, image_size=config.data.image_size)
+  state_sharding = parallel.state_sharding(
+      mesh, jax.eval_shape(create_fn, jax.random.PRNGKey(config.seed)))
+  init = jax.jit(create_fn, out_shardings=state_sharding)
   if require_checkpoint and not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise checkpointing.CheckpointError(f"no checkpoints/ in workdir {workdir!r}")
   ckpts = checkpointing.RunCheckpoints(workdir, keep=config.logging.keep_checkpoints)
   abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-      jax.eval_shape(init, jax.random.PRNGKey(config.seed)))
+      lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+      jax.eval_shape(init, jax.random.PRNGKey(config.seed)), state_sharding)
   try:
     restored = ckpts.restore_latest(abstract)
   except checkpointing.CheckpointError:
@@ -193,6 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir_lib.check_config(path, config, checkpointing.latest_step(path),
                            allow_config_change, write=chief)
   run = open_run(config, path)
+  if run.nets.distiller.init_phase is not None and "epoch" not in run.meta:
+    run.state = init_phase.run(run, sys.modules[__name__])  # two-stage methods: phase 1
   cfg, nets, spe = run.config, run.nets, run.steps_per_epoch
   start = int(run.state.step)
   stop = cfg.schedule.num_epochs * spe
@@ -214,29 +224,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     batches = parallel.prefetch_to_device(
         run.dataset.train_iterator(cfg.batch_size, cfg.seed, start), cfg.data.prefetch,
         parallel.batch_sharded(run.mesh))
-    dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, batches=batches)
+    dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, batches=batches,
+                                     state_sharding=run.state_sharding(run.state))
   else:
     dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, sampler=run.sampler,
-                                     data=run.train_data, seed=cfg.seed)
+                                     data=run.train_data, seed=cfg.seed,
+                                     state_sharding=run.state_sharding(run.state))
   window = metric_writer.TrainWindow(writer, cfg.batch_size)
   try:
-    segment_start = run_steps(run, run.state, start, stop, dispatch, window,
-                              lambda state, step: _evaluate(run, state, step, evaluate,
-                                                            writer))
+    _, segment_start = run_steps(run, run.state, start, stop, dispatch, window,
+                                 lambda state, step: _evaluate(run, state, step, evaluate,
+                                                               writer))
   finally:
     writer.close()
     run.ckpts.close()
   return _result(run, stop, segment_start if stop > start else None)
 
 
-def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate) -> float:
+def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
+              ) -> tuple[Any, float]:
   """Steps ``start+1..stop``, `dispatch` ``(state, n) -> (state, metrics)`` n at a time,
   with the periodic actions on exact steps: `window` (``.metrics`` pending, ``.write(step,
   bar)`` logs them: the divergence check), ``evaluate(state, step)`` at eval epochs,
   checkpoints and the preemption check. Also the loop of `seed_runs` (stacked states).
 
   Returns:
-    the time this segment of the run started (`Run.save`'s bookkeeping).
+    the state at `stop`, and the time this segment of the run started (`Run.save`'s
+    bookkeeping).
   """
   cfg, spe = run.config, run.steps_per_epoch
   k = multi_step.steps_per_dispatch(cfg)
@@ -270,7 +284,7 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
           raise Preempted(preemption.signum, step)
   finally:
     bar.close()
-  return segment_start
+  return state, segment_start
 
 
 def _result(run: Run, step: int, segment_start: float | None) -> dict[str, float]:

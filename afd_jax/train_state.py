@@ -41,6 +41,8 @@ class Networks:
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   schedule: Any = flax.struct.field(pytree_node=False)
   skip_nonfinite: bool = flax.struct.field(pytree_node=False, default=False)
+  # 'init': the init phase of a two-stage method (`init_phase`), else 'main'.
+  phase: str = flax.struct.field(pytree_node=False, default="main")
 
 
 def dummy_batch(image_size: int, batch: int = 2) -> jnp.ndarray:
@@ -68,8 +70,12 @@ def _fits(model: nn.Module, image_size: int) -> bool:
 
 
 def build_networks(config: ml_collections.ConfigDict, num_classes: int,
-                   steps_per_epoch: int) -> Networks:
-  """Student, teacher, method and optimizer for `config`; validates their pairing."""
+                   steps_per_epoch: int, train_labels=None) -> Networks:
+  """Student, teacher, method and optimizer for `config`; validates their pairing.
+
+  `train_labels`: (N,) labels of the training split in index order, for methods that
+  need them (`methods.needs_labels`: CRD).
+  """
   if config.model.dtype == "float16":
     raise ValueError("config.model.dtype='float16' is not supported: its narrow exponent "
                      "range needs loss scaling, which this trainer does not do; use "
@@ -99,8 +105,13 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int,
   t_info = (methods.FeatureInfo(config.teacher.name, feature_shapes(teacher, size))
             if teacher is not None else None)
   distiller = methods.build_method(config.method, student=s_info, teacher=t_info,
-                                   steps_per_epoch=steps_per_epoch)
+                                   steps_per_epoch=steps_per_epoch,
+                                   train_labels=train_labels)
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
+  if distiller.init_phase is not None and distiller.init_phase.frozen_after:
+    frozen = distiller.init_phase.frozen_after
+    tx = optim.only_trainable(tx, lambda path: not (
+        path[0] == "method" and path[1] in frozen))
   return Networks(student, teacher, distiller, tx, schedule,
                   bool(config.optim.get("skip_nonfinite", False)))
 
@@ -127,9 +138,10 @@ def create(nets: Networks, rng: jax.Array, image_size: int) -> TrainState:
   else:
     t_logits, t_feats = None, []
   labels = jnp.zeros((x.shape[0],), jnp.int32)
+  index = {"index": labels} if nets.distiller.needs_index else {}
   m_vars = nets.distiller.module.init(
       m_rng, steps.select(s_feats, nets.distiller.student_features), t_feats, s_logits,
-      t_logits, labels, train=True)
+      t_logits, labels, train=True, **index)
   return TrainState.create(
       apply_fn=nets.student.apply, tx=nets.tx,
       params={"student": s_vars["params"], "method": m_vars.get("params", {})},

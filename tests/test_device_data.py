@@ -177,3 +177,22 @@ def test_resume_from_a_mid_chunk_step_is_exact(digits_data_dir, tmp_path):
   assert _params(straight)[0] == _params(resumed)[0] == 4
   chex.assert_trees_all_close(_params(resumed)[1], _params(straight)[1], rtol=1e-6,
                               atol=1e-6)
+
+
+def test_device_split_is_in_index_order_and_batches_carry_their_index(digits_data_dir):
+  """The device path's ``index`` means what the tf.data path's does (CRD's bank rows)."""
+  from afd_jax import input_pipeline
+  from test_input_pipeline import data_config
+  dataset = input_pipeline.Dataset(data_config(digits_data_dir, num_train_examples=100))
+  mesh = parallel.make_mesh(2)
+  sampler, data = device_data.load(dataset, mesh, 20)
+  np.testing.assert_array_equal(np.asarray(data["label"]), dataset.train_labels())
+  seen = []
+  for step in range(sampler.steps_per_epoch):
+    batch = sampler.batch(data, jnp.int32(3), jnp.int32(step))
+    np.testing.assert_array_equal(np.asarray(batch["index"]),
+                                  np.asarray(sampler.indices(jnp.int32(3), jnp.int32(step))))
+    np.testing.assert_array_equal(np.asarray(data["label"])[np.asarray(batch["index"])],
+                                  np.asarray(batch["label"]))
+    seen.extend(np.asarray(batch["index"]).tolist())
+  assert sorted(seen) == list(range(100))

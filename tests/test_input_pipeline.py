@@ -70,6 +70,31 @@ def test_dataset_info_and_train_batch_shapes(digits_data_dir):
   assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
 
 
+@pytest.mark.parametrize("shards,cap", [(1, 100), (3, 100), (2, None)])
+def test_index_is_the_examples_position_in_the_training_split(digits_data_dir, shards, cap):
+  """What CRD's memory bank relies on: ``labels[index] == label`` in every batch, and an
+  epoch visits distinct indices, each part its own block."""
+  config = data_config(digits_data_dir, num_train_examples=cap, input_shards=shards)
+  dataset = input_pipeline.Dataset(config)
+  n = cap or NUM_TRAIN
+  builder = tfds.builder("digits", data_dir=digits_data_dir)
+  stored = np.array([e["label"] for e in tfds.as_numpy(builder.as_dataset(
+      "train", shuffle_files=False))])[:n]
+  labels = dataset.train_labels()
+  assert labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, stored)
+  steps = dataset.steps_per_epoch(24)
+  batches = take(dataset.train_iterator(24, seed=1), steps)
+  index = np.concatenate([b["index"] for b in batches])
+  assert index.dtype == np.int32 and len(set(index)) == len(index)
+  np.testing.assert_array_equal(labels[index], np.concatenate([b["label"] for b in batches]))
+  per_part, part_batch = n // shards, 24 // shards
+  for part in range(shards):  # part p's sub-batch reads its own block of the split
+    block = np.concatenate([b["index"][part * part_batch:(part + 1) * part_batch]
+                            for b in batches])
+    assert block.min() >= part * per_part and block.max() < (part + 1) * per_part
+
+
 def test_eval_covers_every_example_once_and_is_standardised(digits_data_dir):
   config = data_config(digits_data_dir)
   batches = list(input_pipeline.create_eval_iterator(config, 128))

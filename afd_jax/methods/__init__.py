@@ -1,10 +1,11 @@
 """Distillation methods, selected by ``config.method.name`` (see `base` for the interface)."""
 from afd_jax.methods import (afd, aft_kd, at, cc, dkd, fitnet, hmat, kd, nst,  # noqa: F401
                               pkt, reviewkd, rkd, semckd, sp, tat, vid)  # (registration)
-from afd_jax.methods.base import (Distiller, FeatureInfo, PairingError, build_method,
+from afd_jax.methods.base import (Distiller, FeatureInfo, InitPhase, PairingError,
+                                  build_method, needs_labels,
                                   hparams_class, method_names, needs_teacher,
                                   parse_field, resolve,
                                   resolved_fields)
 
-__all__ = ["Distiller", "FeatureInfo", "PairingError", "build_method", "hparams_class",
+__all__ = ["Distiller", "FeatureInfo", "InitPhase", "PairingError", "needs_labels", "build_method", "hparams_class",
            "method_names", "needs_teacher", "parse_field", "resolve", "resolved_fields"]

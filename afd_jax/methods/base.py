@@ -28,7 +28,14 @@ that a teacher is given if the method needs one, and calls the builder. So switc
   ``'params'``/``'batch_stats'`` and train with the student; non-trainable state (e.g.
   AFT-KD's loss history) lives in ``'method_state'``;
 * ``eval_hooks``: analyses run after every evaluation (e.g. AFD's link heatmap), each
-  ``hook(ctx)`` with an `afd_jax.analysis.AnalysisContext`.
+  ``hook(ctx)`` with an `afd_jax.analysis.AnalysisContext`;
+* ``init_phase``: for two-stage methods (AB, FT, FSP), the `InitPhase` the loop runs,
+  checkpointed and resumable, before distillation; its objective is the module's
+  ``init_loss`` (same arguments as ``__call__``);
+* ``needs_index``: the module's ``__call__`` also takes ``index=`` (B,) int32, the
+  examples' positions in the training split (CRD's memory bank); such a method's builder
+  is registered with ``needs_labels=True`` and receives ``train_labels``, the (N,) labels
+  of the training split in that order.
 """
 from __future__ import annotations
 
@@ -49,6 +56,26 @@ from afd_jax.methods.selection import (  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
+class InitPhase:
+  """A phase run before distillation (RepDistiller's ``helper/pretrain.py:init``).
+
+  ``epochs`` of SGD at the constant learning rate ``lr`` (None: the run's
+  ``config.optim.lr``), with the run's momentum and weight decay, on the module's
+  ``init_loss``. Only these parameters train (the others, the classifier included, are
+  untouched, weight decay too):
+  * ``train_student``: the student's feature layers (everything but its classifier), in
+    train mode (its BatchNorm statistics update); False: the student runs in eval mode;
+  * ``method_modules``: the method's top-level submodules (names in ``params['method']``).
+  ``frozen_after``: method submodules frozen in the distillation phase (FT's paraphraser).
+  """
+  epochs: int
+  lr: float | None
+  train_student: bool
+  method_modules: tuple[str, ...] = ()
+  frozen_after: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Distiller:
   """A built method: which features it reads, its objective and its analyses."""
   name: str
@@ -57,6 +84,8 @@ class Distiller:
   teacher_features: tuple[str, ...] = ()
   needs_teacher: bool = True
   eval_hooks: tuple[Callable[..., None], ...] = ()
+  init_phase: InitPhase | None = None
+  needs_index: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,24 +107,27 @@ class _Entry:
   builder: Builder
   hparams: type
   needs_teacher: bool
+  needs_labels: bool = False
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register(name: str, hparams: type, *, needs_teacher: bool = True
-             ) -> Callable[[Builder], Builder]:
+def register(name: str, hparams: type, *, needs_teacher: bool = True,
+             needs_labels: bool = False) -> Callable[[Builder], Builder]:
   """Decorator registering ``builder(hp, student, teacher, steps_per_epoch)``.
 
   Args:
     name: the ``config.method.name`` that selects the method.
     hparams: the method's frozen hyperparameter dataclass (defaults = published values).
     needs_teacher: whether the method distils from a teacher (checked before building).
+    needs_labels: the builder also takes ``train_labels``, the (N,) int labels of the
+      training split in index order (CRD's negatives).
   """
   def wrap(fn: Builder) -> Builder:
     if name in _REGISTRY:
       raise ValueError(f"method {name!r} registered twice")
-    _REGISTRY[name] = _Entry(fn, hparams, needs_teacher)
+    _REGISTRY[name] = _Entry(fn, hparams, needs_teacher, needs_labels)
     return fn
   return wrap
 
@@ -119,6 +151,11 @@ def hparams_class(name: str) -> type:
 def needs_teacher(name: str) -> bool:
   """Whether method `name` distils from a teacher."""
   return _entry(name).needs_teacher
+
+
+def needs_labels(name: str) -> bool:
+  """Whether method `name` needs the training split's labels to be built."""
+  return _entry(name).needs_labels
 
 
 def _freeze(value: Any) -> Any:
@@ -189,7 +226,8 @@ def parse_field(name: str, field: str, text: str) -> Any:
 
 
 def build_method(cfg: Mapping[str, Any], *, student: FeatureInfo,
-                 teacher: FeatureInfo | None, steps_per_epoch: int = 1) -> Distiller:
+                 teacher: FeatureInfo | None, steps_per_epoch: int = 1,
+                 train_labels=None) -> Distiller:
   """Builds the method ``cfg['name']`` with its defaults updated by `cfg`'s fields.
 
   Raises:
@@ -204,8 +242,14 @@ def build_method(cfg: Mapping[str, Any], *, student: FeatureInfo,
                      "and config.teacher.checkpoint")
   if not entry.needs_teacher:
     teacher = None
+  extra = {}
+  if entry.needs_labels:
+    if train_labels is None:
+      raise ValueError(f"method {cfg['name']!r} needs the labels of the training split "
+                       "(train_labels) to be built")
+    extra["train_labels"] = train_labels
   return entry.builder(hp, student=student, teacher=teacher,
-                       steps_per_epoch=max(1, steps_per_epoch))
+                       steps_per_epoch=max(1, steps_per_epoch), **extra)
 
 
 def check_choice(method: str, field: str, value: Any, accepted) -> None:
