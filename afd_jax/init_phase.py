@@ -11,6 +11,7 @@ optimizer state, at step 0. A workdir whose main run has a checkpoint never reru
 The phase (`methods.InitPhase`): ``epochs`` of SGD at a constant learning rate, the run's
 momentum and weight decay, training only the student's feature layers (its classifier
 untouched) and/or the named method submodules; the rest get no update at all.
+``config.max_steps`` caps each phase.
 """
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ def run(main_run, train_lib) -> train_state.TrainState:
     raise
   state, meta = (fresh, {}) if restored is None else restored
   start, stop = int(state.step), phase.epochs * main_run.steps_per_epoch
+  if cfg.max_steps is not None:  # (smoke runs) the cap applies to each phase
+    stop = min(stop, cfg.max_steps)
   meta = {"best_top1": -1.0, "train_seconds": 0.0, **meta}
   sub = dataclasses.replace(main_run, workdir=path, nets=nets, ckpts=ckpts, state=state,
                             meta=meta, saved_seconds=meta["train_seconds"])

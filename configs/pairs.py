@@ -6,8 +6,8 @@ One table for configs, README and comparison scripts. Every number names its sou
 Sources:
   CRD: Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020,
     Table 1 (same-family pairs) and Table 2 (cross-family pairs): teachers, students
-    trained alone, KD, FitNet, AT, SP, CC, VID, RKD, PKT and NST, mean over runs,
-    CIFAR-100, 240 epochs.
+    trained alone, KD, FitNet, AT, SP, CC, VID, RKD, PKT, AB, FT, FSP, NST and CRD, mean
+    over runs, CIFAR-100, 240 epochs.
   DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022, Tables 1/2 (CIFAR-100).
   CRD-T3: the same paper, Table 3 (ImageNet, ResNet34 → ResNet18; top-1 = 100 − error).
   AFD: Ji, Heo & Park, "Show, Attend and Distill", AAAI 2021 (ImageNet ResNet34 →
@@ -44,10 +44,13 @@ class Pair:
   published: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
 
 
-# CIFAR-100 students by method, in the data file pairs_cifar100.txt. kd ... nst: CRD Tables
-# 1/2 (also in HobbitLong/RepDistiller README); dkd: the DKD paper's Tables 1/2 (also in megvii-research/mdistiller README, whose
-# second table labels resnet32x4 → ShuffleV2 "MobileNet-V2"; its KD entry 74.45 is
-# ShuffleV2's). "-": not published for the pair (the last two rows are AFD release pairs).
+# CIFAR-100 students by method, in the data file pairs_cifar100.txt. kd ... nst and ab, ft,
+# fsp, crd: CRD Tables 1/2 (also in the HobbitLong/RepDistiller README; FSP needs equal
+# channels, so it has no cross-family entries); dkd: the DKD paper's Tables 1/2 (also in
+# megvii-research/mdistiller README, whose second table labels resnet32x4 → ShuffleV2
+# "MobileNet-V2"; its KD entry 74.45 is ShuffleV2's). "-": not published for the pair (the
+# last two rows are AFD release pairs). ReviewKD and SemCKD: no column, their papers'
+# tables could not be checked here (neither release's README lists them).
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pairs_cifar100.txt"),
           encoding="utf-8") as _f:
   _CIFAR100 = _f.read()

@@ -19,6 +19,12 @@ Each mode is compiled (time reported), warmed up once, then timed over `--steps`
 images/s counts every seed's images; "× (a)" is the ratio to mode (a) of the same pair
 and method in this run; the projection is the wall time of 240 CIFAR-100 epochs of 782
 steps (all seeds together for (c)). Writes JSON and a Markdown table (`--out`, `.md`).
+
+``--step_times`` times instead one train step of every method of ``--methods`` (``all``:
+every registered method) on each pair, on device-resident data, one step per dispatch,
+with its ratio to KD's step in the same run (two-stage methods: their distillation step):
+
+    python experiments/benchmark.py --step_times --methods=all --pairs=wrn_40_2:wrn_16_2
 """
 from __future__ import annotations
 
@@ -36,7 +42,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from afd_jax import device_data, multi_step, parallel, seeds, train_state  # noqa: E402
+from afd_jax import (device_data, methods, multi_step, parallel, seeds,  # noqa: E402
+                     train_state)
 from afd_jax import transforms  # noqa: E402
 from configs import common  # noqa: E402
 
@@ -52,13 +59,16 @@ def host_batches(images, labels, batch: int):
     rng = np.random.default_rng(0)
     x = ((images[:batch] / 255.0 - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
     fixed = {"image": x, "label": labels[:batch]}
+    fixed["index"] = np.arange(batch, dtype=np.int32)
     return "host numpy", iter(lambda: dict(fixed, label=rng.permutation(fixed["label"])),
                               None)
   tf.config.set_visible_devices([], "GPU")
   ds = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().enumerate().map(
       lambda i, ex: {"image": transforms.normalise(transforms.pad_crop_flip(
           ex[0], tf.stack([tf.constant(0, tf.int64), i]), 32), mean, std),
-                     "label": ex[1]}, num_parallel_calls=tf.data.AUTOTUNE)
+                     "label": ex[1],
+                     "index": tf.cast(i % len(labels), tf.int32)},
+      num_parallel_calls=tf.data.AUTOTUNE)
   return "tf.data", ds.batch(batch, drop_remainder=True).prefetch(8).as_numpy_iterator()
 
 
@@ -74,17 +84,19 @@ def timed(call, state, steps: int, per_call: int):
   return compile_s, (time.perf_counter() - t0) / (max(1, steps // per_call) * per_call)
 
 
-def bench_method(teacher: str, student: str, method: str, args, images, labels) -> list:
-  """Rows of modes (a), (b) for each k and (c) for one pair and method."""
+def setup(teacher: str, student: str, method: str, args, images, labels):
+  """(nets, mesh, create, teacher_vars, sampler, data) of one pair and method."""
   if method == "none":
     config = common.teacher_config("cifar100", None, student)
   else:
     config = common.distill_config("cifar100", method, None, teacher, student)
-  nets = train_state.build_networks(config, NUM_CLASSES, STEPS_PER_EPOCH)
+  nets = train_state.build_networks(config, NUM_CLASSES, STEPS_PER_EPOCH,
+                                    train_labels=labels)
   mesh = parallel.make_mesh(None)
   rep = parallel.replicated(mesh)
-  create = jax.jit(functools.partial(train_state.create, nets, image_size=32),
-                   out_shardings=rep)
+  create_fn = functools.partial(train_state.create, nets, image_size=32)
+  create = jax.jit(create_fn, out_shardings=parallel.state_sharding(
+      mesh, jax.eval_shape(create_fn, jax.random.PRNGKey(0))))
   teacher_vars = None
   if nets.teacher is not None:
     teacher_vars = jax.jit(functools.partial(train_state.random_teacher_variables, nets,
@@ -92,6 +104,42 @@ def bench_method(teacher: str, student: str, method: str, args, images, labels) 
   sampler = device_data.Sampler(len(labels), args.batch, transforms.CIFAR100_MEAN,
                                 transforms.CIFAR100_STD)
   data = jax.device_put({"image": images, "label": labels}, rep)
+  return nets, mesh, create, teacher_vars, sampler, data
+
+
+def step_time_rows(teacher: str, student: str, names, args, images, labels) -> list:
+  """One train step of each method in `names` (device data, k = 1); ratio to KD's."""
+  rows = []
+  for method in names:
+    nets, mesh, create, teacher_vars, sampler, data = setup(teacher, student, method, args,
+                                                           images, labels)
+    state = create(jax.random.PRNGKey(0))
+    dispatch = multi_step.Dispatcher(nets, mesh, teacher_vars, sampler=sampler, data=data,
+                                     state_sharding=parallel.state_sharding(mesh, state))
+    compile_s, step_s = timed(lambda s: dispatch(s, 1), state, args.steps, 1)
+    rows.append({"pair": f"{teacher}→{student}", "method": method, "compile_s": compile_s,
+                 "ms_per_step": step_s * 1e3, "images_per_s": args.batch / step_s})
+    print(f"  {teacher}→{student} {method}: {step_s * 1e3:.1f} ms/step "
+          f"(compile {compile_s:.1f} s)", flush=True)
+  kd = next((r["ms_per_step"] for r in rows if r["method"] == "kd"), None)
+  for r in rows:
+    r["vs_kd"] = r["ms_per_step"] / kd if kd else float("nan")
+  return rows
+
+
+def step_time_markdown(rows) -> str:
+  lines = ["| pair | method | ms/step | × KD step | images/s | compile s |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['pair']} | {r['method']} | {r['ms_per_step']:.1f} | "
+                 f"{r['vs_kd']:.2f} | {r['images_per_s']:.0f} | {r['compile_s']:.1f} |")
+  return "\n".join(lines)
+
+
+def bench_method(teacher: str, student: str, method: str, args, images, labels) -> list:
+  """Rows of modes (a), (b) for each k and (c) for one pair and method."""
+  nets, mesh, create, teacher_vars, sampler, data = setup(teacher, student, method, args,
+                                                         images, labels)
   rows, name = [], f"{teacher}→{student}" if nets.teacher is not None else student
 
   def row(mode, k, n_seeds, compile_s, step_s, feed):
@@ -145,19 +193,26 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--seeds", type=int, default=5, help="vmapped seeds in (c); 0: skip")
   parser.add_argument("--num-examples", type=int, default=50_000)
   parser.add_argument("--out", default="runs/benchmark.json")
+  parser.add_argument("--step_times", action="store_true",
+                      help="time one train step of every method (ratio to KD's)")
   args = parser.parse_args(argv)
+  if args.methods == "all":
+    args.methods = ",".join(methods.method_names())
   args.ks = [int(k) for k in args.ks.split(",")]
   device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
   print(f"batch {args.batch}, {device}, jax {jax.__version__}", flush=True)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (args.num_examples, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, NUM_CLASSES, args.num_examples).astype(np.int32)
-  rows = []
+  rows, names = [], list(filter(None, args.methods.split(",")))
   for pair in args.pairs.split(","):
     teacher, student = pair.split(":")
-    for method in filter(None, args.methods.split(",")):
+    if args.step_times:
+      rows += step_time_rows(teacher, student, names, args, images, labels)
+      continue
+    for method in names:
       rows += bench_method(teacher, student, method, args, images, labels)
-  table = markdown(rows)
+  table = step_time_markdown(rows) if args.step_times else markdown(rows)
   print("\n" + table)
   out = os.path.abspath(args.out)
   os.makedirs(os.path.dirname(out), exist_ok=True)

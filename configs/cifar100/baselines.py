@@ -1,6 +1,7 @@
 """CIFAR-100 baselines, each with its released defaults: the CRD benchmark's ``kd``
 (default), ``fitnet``, ``at``, ``sp``, ``cc``, ``pkt``, ``rkd``, ``nst``, ``vid``, and
-``dkd``, ``reviewkd``, ``semckd`` (any registered method name is accepted); e.g.
+``ab``, ``ft``, ``fsp`` (two-stage: an init phase in ``<workdir>/init_phase`` first),
+``crd``, ``dkd``, ``reviewkd``, ``semckd`` (any registered method name is accepted); e.g.
 
     python -m afd_jax.main --config=configs/cifar100/baselines.py:method=at,teacher=resnet56,student=resnet20 \
         --workdir=runs/cifar100/at_resnet56_resnet20
