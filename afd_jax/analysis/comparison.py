@@ -1,0 +1,212 @@
+"""A method comparison as a table and a bar chart: pure functions of collected results.
+
+`experiments/compare.py` trains methods × teacher→student pairs × seeds and collects
+
+    {"dataset": "cifar100",
+     "pairs": [{"teacher": "wrn_40_2", "student": "wrn_16_2",
+                "runs": {"teacher": RUN, "none": RUN, "kd": RUN, ...}}]}
+
+in run order, where a RUN is ``{"model": name, "seeds": [k...], "top1": [per seed],
+"best_top1": [per seed or None], "train_seconds": [...]}`` or, for a method that could
+not run the pair, ``{"model": name, "error": reason}``. ``"teacher"`` is the teacher
+(one seed), ``"none"`` the student trained alone.
+
+The published number beside each row comes from ``paper(dataset, method, model,
+teacher)`` -> ``(top-1, source)`` or None, the signature of
+``configs.pairs.expected_top1`` (``method='none'`` asks for a model trained alone).
+Rendering draws on matplotlib's Agg canvas directly (no pyplot), as `curves` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+TEACHER, BASELINE = "teacher", "none"
+DASH = "–"
+# ``paper(dataset, method, model, teacher) -> (top-1, source) | None``.
+PaperLookup = Callable[[str, str, str, str | None], tuple[float, str] | None]
+REASON_CHARS = 120  # a failed row's reason in the table; the JSON keeps all of it
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of a pair's table.
+
+  Attributes:
+    method: ``'teacher'``, ``'none'`` (the student alone) or a method name.
+    model: the network trained in this row.
+    n: number of seeds with a result (0 for a failed row).
+    top1, top1_std: mean and sample std (ddof 1; 0 for one seed) of the final top-1.
+    best, best_std: the same for the best top-1 over evaluations (None if unknown).
+    paper: (published top-1, source) or None.
+    error: why the method could not run the pair, or None.
+  """
+  method: str
+  model: str
+  n: int
+  top1: float | None = None
+  top1_std: float | None = None
+  best: float | None = None
+  best_std: float | None = None
+  paper: tuple[float, str] | None = None
+  error: str | None = None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """(mean, sample standard deviation with ddof 1; 0 for a single value)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def pair_name(teacher: str, student: str) -> str:
+  """The pair's directory name, ``<teacher>-<student>`` (model names hold underscores)."""
+  return f"{teacher}-{student}"
+
+
+def summarize(dataset: str, pair: dict[str, Any],
+              paper: PaperLookup | None = None) -> list[Row]:
+  """The rows of one pair (see the module docstring for `pair`), in run order."""
+  rows = []
+  for method, run in pair["runs"].items():
+    published = None
+    if paper is not None:
+      if method == TEACHER:
+        published = paper(dataset, BASELINE, run["model"], None)
+      else:
+        published = paper(dataset, method, run["model"], pair["teacher"])
+    if run.get("error"):
+      rows.append(Row(method, run["model"], 0, paper=published, error=run["error"]))
+      continue
+    top1, top1_std = mean_std(run["top1"])
+    best = [b for b in run.get("best_top1", ()) if b is not None]
+    best, best_std = mean_std(best) if best else (None, None)
+    rows.append(Row(method, run["model"], len(run["top1"]), top1, top1_std, best,
+                    best_std, published))
+  return rows
+
+
+def format_mean_std(mean: float | None, std: float | None, n: int) -> str:
+  """``'74.92 ± 0.31'``; one seed: ``'74.92'``; no value: ``'–'``."""
+  if mean is None:
+    return DASH
+  return f"{mean:.2f}" if n <= 1 else f"{mean:.2f} ± {std:.2f}"
+
+
+def _reason(error: str) -> str:
+  """The first line of `error`, shortened, safe inside a Markdown table cell."""
+  text = error.strip().splitlines()[0] if error.strip() else "failed"
+  if len(text) > REASON_CHARS:
+    text = text[:REASON_CHARS - 1].rstrip() + "…"
+  return text.replace("|", "\\|")
+
+
+def _label(method: str) -> str:
+  return {TEACHER: "teacher", BASELINE: "none (student alone)"}.get(method, method)
+
+
+def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = None) -> str:
+  """One pair's Markdown table: method, model, top-1 and best top-1 (mean ± std over
+  seeds), the change of the mean top-1 against the student alone, seeds, paper top-1."""
+  rows = summarize(dataset, pair, paper)
+  base = next((r.top1 for r in rows if r.method == BASELINE and r.error is None), None)
+  lines = ["| method | model | top-1 (%) | best top-1 (%) | Δ vs none | seeds | "
+           "paper top-1 (%) |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    published = DASH if r.paper is None else f"{r.paper[0]:.2f} ({r.paper[1]})"
+    if r.error is not None:
+      cells = [f"n/a ({_reason(r.error)})", DASH, DASH, "0"]
+    else:
+      delta = (DASH if base is None or r.method == BASELINE
+               else f"{r.top1 - base:+.2f}")
+      cells = [format_mean_std(r.top1, r.top1_std, r.n),
+               format_mean_std(r.best, r.best_std, r.n), delta, str(r.n)]
+    lines.append(f"| {_label(r.method)} | {r.model} | " + " | ".join(cells) +
+                 f" | {published} |")
+  return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any], paper: PaperLookup | None = None) -> str:
+  """The whole comparison: one section and table per pair (see `pair_table`)."""
+  dataset = results["dataset"]
+  parts = [f"## Comparison on {dataset}", "",
+           "Top-1: the final evaluation of each run; best: the best evaluation during "
+           "training; mean ± std (ddof 1) over seeds. Paper: the published number "
+           "(configs/pairs.py), – where none."]
+  for pair in results["pairs"]:
+    parts += ["", f"### {pair['teacher']} → {pair['student']}", "",
+              pair_table(dataset, pair, paper)]
+  return "\n".join(parts) + "\n"
+
+
+def summary_json(results: dict[str, Any], paper: PaperLookup | None = None
+                 ) -> dict[str, Any]:
+  """`results` with each pair's `summarize` rows added (``'summary'``), JSON-ready."""
+  out = {"dataset": results["dataset"], "pairs": []}
+  for pair in results["pairs"]:
+    rows = [dataclasses.asdict(r) for r in summarize(results["dataset"], pair, paper)]
+    out["pairs"].append(dict(pair, summary=rows))
+  return out
+
+
+def _colour(method: str) -> str:
+  return {TEACHER: "tab:gray", BASELINE: "tab:orange"}.get(method, "tab:blue")
+
+
+def comparison_figure(results: dict[str, Any], paper: PaperLookup | None = None) -> Figure:
+  """One bar panel per pair (attached to an Agg canvas).
+
+  Each row with a result is a bar at its mean top-1 with a ±std error bar (0 for one
+  seed); a published number is a black diamond (label ``'paper'``); a failed row has no
+  bar, only ``'n/a'`` written at its place. The y axis spans the values, not 0-100, so
+  that differences of a point stay visible.
+  """
+  pairs = results["pairs"]
+  widths = [max(3.0, 0.75 * len(p["runs"]) + 1.0) for p in pairs] or [3.0]
+  fig = Figure(figsize=(sum(widths), 4.2), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, max(1, len(pairs)), squeeze=False,
+                      gridspec_kw={"width_ratios": widths})[0]
+  for ax, pair in zip(axes, pairs):
+    rows = summarize(results["dataset"], pair, paper)
+    x = np.arange(len(rows))
+    done = [i for i, r in enumerate(rows) if r.error is None]
+    means = np.array([rows[i].top1 for i in done])
+    stds = np.array([rows[i].top1_std for i in done])
+    ax.bar(x[done], means, width=0.7, color=[_colour(rows[i].method) for i in done],
+           yerr=stds, capsize=4, error_kw={"elinewidth": 1.2})
+    marked = [(i, r.paper[0]) for i, r in enumerate(rows) if r.paper is not None]
+    if marked:
+      mx, my = zip(*marked)
+      ax.plot(mx, my, linestyle="none", marker="D", color="black", markersize=6,
+              label="paper")
+    values = list(means + stds) + list(means - stds) + [v for _, v in marked]
+    lo, hi = (min(values), max(values)) if values else (0.0, 100.0)
+    pad = max(1.0, 0.15 * (hi - lo))
+    bottom = max(0.0, lo - 2 * pad)
+    ax.set_ylim(bottom, min(100.0, hi + pad) if hi + pad > bottom else bottom + 1)
+    for i, mean, std in zip(done, means, stds):
+      ax.annotate(f"{mean:.1f}", (i, mean + std), xytext=(0, 2),
+                  textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    for i, r in enumerate(rows):
+      if r.error is not None:
+        ax.text(i, 0.5, "n/a", transform=ax.get_xaxis_transform(), ha="center",
+                va="center", fontsize=9, color="tab:red")
+    ax.set_xticks(x, labels=[r.method for r in rows], rotation=45, ha="right")
+    ax.set(title=f"{pair['teacher']} → {pair['student']}", ylabel="top-1 (%)")
+    if marked:
+      ax.legend(fontsize=7, loc="best")
+  fig.suptitle(f"{results['dataset']}: mean top-1 over seeds", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def save_png(results: dict[str, Any], path: str, paper: PaperLookup | None = None) -> str:
+  """Writes `comparison_figure` as a PNG at `path` (parents created); returns `path`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  comparison_figure(results, paper).savefig(path, format="png")
+  return path

@@ -1,0 +1,165 @@
+"""Method comparison: the table and chart on hand-made results (numbers recomputed here
+with NumPy, paper numbers from configs/pairs.py), and experiments/compare.py end to end
+on digits at smoke scale, rerun without retraining."""
+import importlib.util
+import json
+import os
+
+import jax
+from matplotlib.container import ErrorbarContainer
+import numpy as np
+
+from afd_jax.analysis import comparison
+from configs import pairs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PAIRING_ERROR = ("PairingError: method 'fsp': student and teacher stage channels differ "
+                 "(32 | 64 vs 16 | 32)\nset student_stages")
+
+
+def _run(model, top1, best=None):
+  return {"model": model, "seeds": list(range(len(top1))), "top1": list(top1),
+          "best_top1": list(best if best is not None else top1),
+          "train_seconds": [1.0] * len(top1)}
+
+
+def _results(dataset="cifar100"):
+  """wrn_40_2→wrn_16_2: teacher (1 seed), the student alone and KD (3 seeds), AT (1),
+  FSP that could not pair the networks."""
+  return {"dataset": dataset, "pairs": [{
+      "teacher": "wrn_40_2", "student": "wrn_16_2", "runs": {
+          "teacher": _run("wrn_40_2", [75.1], [75.4]),
+          "none": _run("wrn_16_2", [73.0, 73.4, 72.9], [73.2, 73.5, 73.1]),
+          "kd": _run("wrn_16_2", [74.8, 75.2, 74.5], [75.0, 75.3, 74.9]),
+          "at": _run("wrn_16_2", [74.1]),
+          "fsp": {"model": "wrn_16_2", "error": PAIRING_ERROR}}}]}
+
+
+def _cells(table: str) -> dict[str, list[str]]:
+  """{first cell: the row's cells} of a Markdown table."""
+  rows = [[c.strip() for c in line.strip("|").split(" | ")]
+          for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+  return {r[0]: r for r in rows[1:]}
+
+
+def _pm(values) -> str:
+  return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def test_table_mean_std_paper_numbers_and_na_rows():
+  r = _results()
+  rows = _cells(comparison.pair_table("cifar100", r["pairs"][0], pairs.expected_top1))
+  assert list(rows) == ["teacher", "none (student alone)", "kd", "at", "fsp"]
+  kd, none = r["pairs"][0]["runs"]["kd"], r["pairs"][0]["runs"]["none"]
+  # | method | model | top-1 | best | Δ vs none | seeds | paper |
+  assert rows["kd"][1:6] == ["wrn_16_2", _pm(kd["top1"]), _pm(kd["best_top1"]),
+                             f"{np.mean(kd['top1']) - np.mean(none['top1']):+.2f}", "3"]
+  assert rows["none (student alone)"][2] == _pm(none["top1"])
+  assert rows["teacher"][2:4] == ["75.10", "75.40"] and rows["teacher"][5] == "1"
+  assert rows["at"][2] == "74.10" and rows["at"][5] == "1"  # one seed: no ± 0.00
+  # Published numbers: the pair's methods, the models trained alone.
+  published = pairs.find("cifar100", "wrn_40_2", "wrn_16_2").published
+  assert rows["kd"][6] == f"{published['kd'][0]:.2f} (CRD)" == "74.92 (CRD)"
+  assert rows["at"][6] == f"{published['at'][0]:.2f} (CRD)"
+  assert rows["teacher"][6] == f"{pairs.TOP1['cifar100']['wrn_40_2']:.2f} (CRD)"
+  assert rows["none (student alone)"][6] == f"{pairs.TOP1['cifar100']['wrn_16_2']:.2f} (CRD)"
+  # A method that cannot pair the networks: its reason (first line), no numbers.
+  reason = PAIRING_ERROR.splitlines()[0].replace("|", "\\|")  # escaped in a table cell
+  assert rows["fsp"][2] == f"n/a ({reason})"
+  assert rows["fsp"][3:6] == ["–", "–", "0"]
+
+
+def test_markdown_and_json_without_published_numbers():
+  r = _results("digits")
+  text = comparison.markdown(r, pairs.expected_top1)
+  assert "### wrn_40_2 → wrn_16_2" in text
+  assert {row[6] for row in _cells(text).values()} == {"–"}  # digits: nothing published
+  summary = comparison.summary_json(r, pairs.expected_top1)
+  kd = next(s for s in summary["pairs"][0]["summary"] if s["method"] == "kd")
+  np.testing.assert_allclose([kd["top1"], kd["top1_std"]],
+                             [np.mean([74.8, 75.2, 74.5]), np.std([74.8, 75.2, 74.5],
+                                                                  ddof=1)])
+  assert summary["pairs"][0]["runs"]["kd"]["top1"] == [74.8, 75.2, 74.5]  # raw numbers
+  json.dumps(summary)
+
+
+def test_figure_bars_error_bars_paper_markers_and_png(tmp_path):
+  r = _results()
+  fig = comparison.comparison_figure(r, pairs.expected_top1)
+  (ax,) = fig.axes
+  runs = r["pairs"][0]["runs"]
+  done = [m for m, run in runs.items() if "error" not in run]
+  np.testing.assert_allclose([p.get_height() for p in ax.patches],
+                             [np.mean(runs[m]["top1"]) for m in done])
+  (errorbar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+  caps = errorbar.lines[2][0].get_segments()  # the vertical ±std lines
+  np.testing.assert_allclose([seg[1, 1] - seg[0, 1] for seg in caps],
+                             [2 * np.std(runs[m]["top1"], ddof=1) if len(runs[m]["top1"]) > 1
+                              else 0.0 for m in done])
+  (paper,) = [line for line in ax.lines if line.get_label() == "paper"]
+  published = dict(pairs.find("cifar100", "wrn_40_2", "wrn_16_2").published,
+                   teacher=(pairs.TOP1["cifar100"]["wrn_40_2"], "CRD"),
+                   none=(pairs.TOP1["cifar100"]["wrn_16_2"], "CRD"))
+  marked = [(i, published[m][0]) for i, m in enumerate(runs) if m in published]
+  assert len(marked) >= 4  # teacher, none, kd, at (fsp's too where the table has it)
+  np.testing.assert_allclose(np.stack([paper.get_xdata(), paper.get_ydata()], 1), marked)
+  assert [t.get_text() for t in ax.texts if t.get_text() == "n/a"] == ["n/a"]
+  assert [t.get_text() for t in ax.get_xticklabels()] == list(runs)
+  path = comparison.save_png(r, str(tmp_path / "out" / "comparison.png"),
+                             pairs.expected_top1)
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_MAGIC and os.path.getsize(path) > 5_000
+
+
+def _snapshot(workdir):
+  """{path: (mtime, bytes)} of every run's result.json and metrics.jsonl."""
+  out = {}
+  for d, _, files in os.walk(workdir):
+    for name in set(files) & {"result.json", "metrics.jsonl"}:
+      path = os.path.join(d, name)
+      with open(path, "rb") as f:
+        out[path] = (os.stat(path).st_mtime_ns, f.read())
+  return out
+
+
+def _load_script():
+  spec = importlib.util.spec_from_file_location(
+      "compare", os.path.join(ROOT, "experiments", "compare.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_compare_script_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, capsys):
+  compare, workdir = _load_script(), tmp_path / "cmp"
+  argv = ["--dataset=digits", "--methods=kd,at", "--pairs=resnet8:resnet8", "--seeds=0,1",
+          "--runlocal", f"--data_dir={digits_data_dir}", f"--workdir={workdir}"]
+  # XLA's quick compile mode: two-step runs are mostly compilation.
+  optimize = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    compare.main(argv)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", optimize)
+  runs = {"resnet8", *(f"resnet8-resnet8/{m}/seed{s}" for m in ("none", "kd", "at")
+                       for s in (0, 1))}
+  for run in runs:
+    with open(workdir / run / "result.json", encoding="utf-8") as f:
+      assert json.load(f)["step"] == 2
+  rows = _cells((workdir / "comparison.md").read_text(encoding="utf-8"))
+  assert list(rows) == ["teacher", "none (student alone)", "kd", "at"]
+  assert [r[5] for r in rows.values()] == ["1", "2", "2", "2"]
+  with open(workdir / "comparison.json", encoding="utf-8") as f:
+    kd = json.load(f)["pairs"][0]["runs"]["kd"]
+  with open(workdir / "resnet8-resnet8/kd/seed1/result.json", encoding="utf-8") as f:
+    assert kd["top1"][1] == json.load(f)["top1"]
+  assert (workdir / "comparison.png").stat().st_size > 0
+
+  before = _snapshot(workdir)
+  assert len(before) == 2 * len(runs)
+  capsys.readouterr()
+  compare.main(argv)
+  assert _snapshot(workdir) == before  # nothing retrained, no result rewritten
+  assert capsys.readouterr().out.count("finished earlier") == len(runs)
+  assert (workdir / "comparison.md").read_text(encoding="utf-8").count("| kd |") == 1
