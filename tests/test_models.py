@@ -66,7 +66,8 @@ def _expected_feature_names(name):
       if pre_activation:
         names.append(f"stage{i}.block{j}.act_in")
       names.append(f"stage{i}.block{j}")
-    names += [f"stage{i}.preact", f"stage{i}.out"]
+    names += [f"stage{i}.preact"] + ([f"stage{i}.bn_preact"] if pre_activation else []) + [
+        f"stage{i}.out"]
   if pre_activation:
     names.append("final.act")
   return names + ["pooled"]

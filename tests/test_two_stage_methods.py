@@ -440,3 +440,22 @@ def test_eager_jit_and_8_devices_agree(name):
     return [d.module.apply(v, *a, train=True, method=phase, mutable=["batch_stats"])
             for phase in ("__call__", "init_loss")]
   assert_eager_jit_and_sharded_agree(f, variables, data, rtol=1e-4)
+
+
+def test_ab_reads_what_the_relu_receives_also_in_pre_activation_wrns():
+  """WRN: the stage output is relu(next bn1(raw sum)); AB reads that bn1 output, as the
+  release's WRN does with preact=True; the sown map is exactly the ReLU's input."""
+  from afd_jax import models, steps, train_state
+  model = models.get_model("wrn_16_2", 10)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  _, feats, _ = steps.forward(model, variables, x, train=True)
+  for i in (1, 2, 3):
+    np.testing.assert_allclose(np.maximum(feats[f"stage{i}.bn_preact"], 0),
+                               feats[f"stage{i}.out"], rtol=1e-6, atol=1e-6)
+  info = lambda name: methods.FeatureInfo(  # noqa: E731
+      name, train_state.feature_shapes(models.get_model(name, 10), 32))
+  d = methods.build_method(ml_collections.ConfigDict(dict(name="ab")),
+                           student=info("wrn_16_2"), teacher=info("wrn_40_2"))
+  assert d.student_features == d.teacher_features == tuple(
+      f"stage{i}.bn_preact" for i in (1, 2, 3))

@@ -148,12 +148,12 @@ class WideBlock(nn.Module):
     self.bn2, self.conv2 = _bn(cout), _conv(cout, cout, 3)
     self.convShortcut = None if cin == cout else _conv(cin, cout, 1, stride)
     self.bn1_twice = bn1_twice
-    self.act_in = nn.Identity()
+    self.normed, self.act_in = nn.Identity(), nn.Identity()
 
   def forward(self, x):
     if self.bn1_twice:
       self.bn1(x)  # the release's feature extraction: same input, output unused here
-    a = self.act_in(F.relu(self.bn1(x)))
+    a = self.act_in(F.relu(self.normed(self.bn1(x))))
     y = self.conv2(F.relu(self.bn2(self.conv1(a))))
     return y + (x if self.convShortcut is None else self.convShortcut(a))
 
@@ -185,18 +185,21 @@ class WideResNet(Tapped):
         names = [f"stage{i}.block{j + 1}.act_in"] + ([f"stage{i - 1}.out"]
                                                       if (i > 1 and j == 0) else [])
         self.tap(blocks[-1].act_in, *names)
+        if i > 1 and j == 0:  # RepDistiller's WRN features with preact=True
+          self.tap(blocks[-1].normed, f"stage{i - 1}.bn_preact")
       self.tap(blocks[-1], f"stage{i}.preact")
       setattr(self, f"block{i}", _Group(blocks))
     self.bn1 = _bn(cin)
-    self.final = nn.Identity()
+    self.final, self.final_normed = nn.Identity(), nn.Identity()
     self.tap(self.final, "final.act", "stage3.out")
+    self.tap(self.final_normed, "stage3.bn_preact")
     self.fc = nn.Linear(cin, num_classes)
     self.pooled = nn.Identity()
     self.tap(self.pooled, "pooled")
 
   def forward(self, x):
     x = self.block3(self.block2(self.block1(self.conv1(x))))
-    x = self.final(F.relu(self.bn1(x)))
+    x = self.final(F.relu(self.final_normed(self.bn1(x))))
     return self.fc(self.pooled(x.mean((2, 3))))
 
 

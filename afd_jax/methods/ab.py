@@ -11,8 +11,11 @@ learn on which side of zero the teacher's pre-activations lie, with the margin-�
 training the connectors and the student's feature layers. Distillation phase: the
 student trains on ``ce_weight·CE (+ kd_weight·KD)`` only; the connectors are dropped.
 
-Features: every ``stage{i}.preact`` (RepDistiller's ``feat[1:-1]`` with ``preact=True``),
-one to one. Connector k (RepDistiller ``models/util.py:Connector``): the identity when
+Features: every stage's pre-ReLU map (RepDistiller's ``feat[1:-1]`` with
+``preact=True``), one to one: ``stage{i}.preact``, or ``stage{i}.bn_preact`` for the
+pre-activation WRNs, whose stage output first meets a ReLU after the next block's
+``bn1`` (the release's WRN returns that ``bn1`` output; it applies ``bn1`` a second time
+to get it, moving its running statistics twice per step, which we do not copy). Connector k (RepDistiller ``models/util.py:Connector``): the identity when
 the two maps have the same shape, else ``ConvReg`` without its ReLU, i.e. a convolution
 (with bias) then BatchNorm, the convolution chosen by the heights: 3×3 stride 2 when the
 student's map is twice the teacher's, 4×4 stride-2 transposed when half, else a valid
@@ -174,10 +177,14 @@ def build_ab(hp, *, student, teacher, steps_per_epoch):
   del steps_per_epoch
   s_out, t_out = paired_stages("ab", student, teacher, hp.student_stages, hp.teacher_stages)
 
-  def preact(names):
-    return [n.removesuffix(".out") + ".preact" for n in names]
-  s = require_features(student, preact(s_out), "ab", "student")
-  t = require_features(teacher, preact(t_out), "ab", "teacher")
+  def preact(info, names):
+    # What the ReLU after the stage receives: in pre-activation nets (WRN) the next
+    # block's bn1 output, sown as `bn_preact` (RepDistiller's WRN with preact=True).
+    stems = [n.removesuffix(".out") for n in names]
+    return [f"{n}.bn_preact" if f"{n}.bn_preact" in info.shapes else f"{n}.preact"
+            for n in stems]
+  s = require_features(student, preact(student, s_out), "ab", "student")
+  t = require_features(teacher, preact(teacher, t_out), "ab", "teacher")
   connectors = tuple(f"connector_{k}" for k, (a, b) in enumerate(zip(s, t))
                      if connector_conv(student.shapes[a][1:], teacher.shapes[b][1:]))
   # The release never trains the connectors after the init phase (nor uses them).

@@ -25,7 +25,8 @@ import re
 from typing import Any, Mapping
 
 _BLOCK = re.compile(r"^stage(\d+)\.block(\d+)(\.act_in)?$")
-_STAGE = re.compile(r"^stage(\d+)\.(preact|out)$")
+_STAGE = re.compile(r"^stage(\d+)\.(preact|bn_preact|out)$")
+_STAGE_ORDER = {"preact": 0, "bn_preact": 1, "out": 2}
 _BIG = 1 << 20
 
 
@@ -43,11 +44,11 @@ def feature_order_key(name: str) -> tuple[int, int, int]:
     return (stage, block, 0 if act_in else 1)
   m = _STAGE.match(name)
   if m:
-    return (int(m.group(1)), _BIG, 0 if m.group(2) == "preact" else 1)
+    return (int(m.group(1)), _BIG, _STAGE_ORDER[m.group(2)])
   raise ValueError(
       f"Unknown feature name {name!r}; expected 'stem', 'stage<i>.block<j>', "
-      "'stage<i>.block<j>.act_in', 'stage<i>.preact', 'stage<i>.out', 'final.act' "
-      "or 'pooled'.")
+      "'stage<i>.block<j>.act_in', 'stage<i>.preact', 'stage<i>.bn_preact', "
+      "'stage<i>.out', 'final.act' or 'pooled'.")
 
 
 def feature_list(intermediates: Mapping[str, Any]) -> dict[str, Any]:

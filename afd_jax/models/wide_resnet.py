@@ -27,6 +27,9 @@ Sown features (see `features.py`), stages = the 3 residual stages:
 * ``stage{i}.out``: the stage output after activation: the next stage's ``block1.act_in``,
   or ``final.act`` for the last stage.
 * ``final.act``: ``relu(bn_final(out))``.
+* ``stage{i}.bn_preact``: what the ReLU after the stage receives: the next stage's first
+  ``bn1(input)``, or ``bn_final(out)`` for the last stage (RepDistiller's WRN features
+  with ``preact=True``, which AB reads).
 * ``pooled``: (B, 64k).
 """
 from __future__ import annotations
@@ -57,16 +60,18 @@ class WideBasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    """Maps (B, H, W, C_in) to ``(out, act_in)``.
+  def __call__(self, x: jax.Array, train: bool
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Maps (B, H, W, C_in) to ``(out, act_in, bn1(x))``.
 
     Returns:
       out: the raw residual sum, (B, H/s, W/s, features).
       act_in: ``relu(bn1(x))``, (B, H, W, C_in).
+      normed: ``bn1(x)``, (B, H, W, C_in): what the block's ReLU receives.
     """
-    act_in = nn.relu(layers.batch_norm(train, dtype=self.dtype,
-                                       running_updates=2 if self.bn1_twice else 1,
-                                       name="bn1")(x))
+    normed = layers.batch_norm(train, dtype=self.dtype,
+                               running_updates=2 if self.bn1_twice else 1, name="bn1")(x)
+    act_in = nn.relu(normed)
     y = layers.conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(act_in)
     y = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn2")(y))
     y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
@@ -75,7 +80,7 @@ class WideBasicBlock(nn.Module):
     else:
       shortcut = layers.conv(self.features, 1, self.stride, dtype=self.dtype,
                              name="conv_shortcut")(act_in)
-    return y + shortcut, act_in
+    return y + shortcut, act_in, normed
 
 
 class WideResNet(nn.Module):
@@ -108,16 +113,19 @@ class WideResNet(nn.Module):
     for i, width in enumerate(widths, 1):
       for j in range(1, n + 1):
         stride = 2 if (i > 1 and j == 1) else 1
-        x, act_in = WideBasicBlock(width, stride, self.bn1_twice, dtype=self.dtype,
-                                   name=f"stage{i}_block{j}")(x, train)
+        x, act_in, normed = WideBasicBlock(width, stride, self.bn1_twice, dtype=self.dtype,
+                                           name=f"stage{i}_block{j}")(x, train)
         self.sow("intermediates", f"stage{i}.block{j}.act_in", act_in)
         if i > 1 and j == 1:
           # The previous stage's activated output is exactly this block's act_in.
           self.sow("intermediates", f"stage{i - 1}.out", act_in)
+          self.sow("intermediates", f"stage{i - 1}.bn_preact", normed)
         self.sow("intermediates", f"stage{i}.block{j}", x)
       self.sow("intermediates", f"stage{i}.preact", x)
 
-    x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn_final")(x))
+    x = layers.batch_norm(train, dtype=self.dtype, name="bn_final")(x)
+    self.sow("intermediates", f"stage{len(widths)}.bn_preact", x)
+    x = nn.relu(x)
     self.sow("intermediates", "final.act", x)
     self.sow("intermediates", f"stage{len(widths)}.out", x)
 
