@@ -13,6 +13,8 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from afd_jax.datasets import image_label
+
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
 TEST_FRACTION = 0.2
@@ -40,17 +42,13 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://archive.ics.uci.edu/dataset/80",
-        citation="UCI ML hand-written digits datasets (Alpaydin & Kaynak, 1998).",
-    )
+    return image_label.dataset_info(
+        self,
+        __doc__,
+        "https://archive.ics.uci.edu/dataset/80",
+        "UCI ML hand-written digits datasets (Alpaydin & Kaynak, 1998).",
+        num_classes=NUM_CLASSES,
+        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Stratified, seeded train/test split of the bundled data (nothing is downloaded)."""

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
+from afd_jax.datasets import image_label
+
 ARCHIVE, TRAIN_LIST, TEST_LIST = "indoorCVPR_09.tar", "TrainImages.txt", "TestImages.txt"
 MANUAL_FILES = (ARCHIVE, TRAIN_LIST, TEST_LIST)
 SOURCE = "https://web.mit.edu/torralba/www/indoor.html"
@@ -60,17 +62,12 @@ class Mit67(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(),
-            "label": tfds.features.ClassLabel(names=CATEGORIES),
-        }),
-        supervised_keys=("image", "label"),
-        homepage=SOURCE,
-        citation="Quattoni & Torralba, Recognizing Indoor Scenes, CVPR 2009.",
-    )
+    return image_label.dataset_info(
+        self,
+        __doc__,
+        SOURCE,
+        "Quattoni & Torralba, Recognizing Indoor Scenes, CVPR 2009.",
+        names=CATEGORIES)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual = os.fspath(dl_manager.manual_dir)

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
+from afd_jax.datasets import image_label
+
 IMAGES_ZIP, SPLITS_ZIP = "Stanford40_JPEGImages.zip", "Stanford40_ImageSplits.zip"
 MANUAL_FILES = (IMAGES_ZIP, SPLITS_ZIP)
 SOURCE = "http://vision.stanford.edu/Datasets/40actions.html"
@@ -69,18 +71,13 @@ class Stanford40(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(),
-            "label": tfds.features.ClassLabel(names=ACTIONS),
-        }),
-        supervised_keys=("image", "label"),
-        homepage=SOURCE,
-        citation="Yao et al., Human Action Recognition by Learning Bases of Action "
-                 "Attributes and Parts, ICCV 2011.",
-    )
+    return image_label.dataset_info(
+        self,
+        __doc__,
+        SOURCE,
+        "Yao et al., Human Action Recognition by Learning Bases of Action Attributes and "
+        "Parts, ICCV 2011.",
+        names=ACTIONS)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual = os.fspath(dl_manager.manual_dir)
