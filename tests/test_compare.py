@@ -133,7 +133,7 @@ def _load_script():
 
 def test_compare_script_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, capsys):
   compare, workdir = _load_script(), tmp_path / "cmp"
-  argv = ["--dataset=digits", "--methods=kd,at", "--pairs=resnet8:resnet8", "--seeds=0,1",
+  argv = ["--dataset=digits", "--methods=kd", "--pairs=resnet8:resnet8", "--seeds=0,1",
           "--runlocal", f"--data_dir={digits_data_dir}", f"--workdir={workdir}"]
   # XLA's quick compile mode: two-step runs are mostly compilation.
   optimize = jax.config.read("jax_disable_most_optimizations")
@@ -142,14 +142,14 @@ def test_compare_script_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, ca
     compare.main(argv)
   finally:
     jax.config.update("jax_disable_most_optimizations", optimize)
-  runs = {"resnet8", *(f"resnet8-resnet8/{m}/seed{s}" for m in ("none", "kd", "at")
+  runs = {"resnet8", *(f"resnet8-resnet8/{m}/seed{s}" for m in ("none", "kd")
                        for s in (0, 1))}
   for run in runs:
     with open(workdir / run / "result.json", encoding="utf-8") as f:
       assert json.load(f)["step"] == 2
   rows = _cells((workdir / "comparison.md").read_text(encoding="utf-8"))
-  assert list(rows) == ["teacher", "none (student alone)", "kd", "at"]
-  assert [r[5] for r in rows.values()] == ["1", "2", "2", "2"]
+  assert list(rows) == ["teacher", "none (student alone)", "kd"]
+  assert [r[5] for r in rows.values()] == ["1", "2", "2"]
   with open(workdir / "comparison.json", encoding="utf-8") as f:
     kd = json.load(f)["pairs"][0]["runs"]["kd"]
   with open(workdir / "resnet8-resnet8/kd/seed1/result.json", encoding="utf-8") as f:

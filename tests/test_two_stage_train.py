@@ -9,8 +9,8 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from afd_jax import checkpointing, train
-from config_loading import distill, tiny_config
+from afd_jax import checkpointing, metric_writer, train
+from config_loading import distill, load, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +52,21 @@ def _changed(a, b) -> dict:
 
 
 @pytest.mark.parametrize("method", ["ab", "ft", "fsp"])
-def test_init_phase_trains_only_its_parts_and_hands_over(method, digits_data_dir,
-                                                         teacher_dir, tmp_path):
-  config = _config(digits_data_dir, teacher_dir, method)
+def test_runlocal_init_phase_trains_only_its_parts_and_hands_over(method, digits_data_dir,
+                                                                  tmp_path):
+  """The method's CIFAR-100 config in its `runlocal` smoke form (2 init-phase steps, then
+  2 distillation steps, random-init resnet14 teacher → resnet8)."""
+  config = load("cifar100/baselines.py",
+                f"method={method},teacher=resnet14,student=resnet8,runlocal")
+  config.data.data_dir = digits_data_dir
   fresh = _fresh(config, str(tmp_path / "fresh"))
   wd = str(tmp_path / "run")
   result = train.train_and_evaluate(config, wd)
-  assert result["step"] == 4
+  assert result["step"] == config.max_steps == 2
+  losses = [r["train/loss"] for r in metric_writer.read_metrics(wd) if "train/loss" in r]
+  assert losses and np.all(np.isfinite(losses))
   step, phase = _final(wd, "init_phase/checkpoints")
-  assert step == 4 and os.path.exists(os.path.join(wd, "init_phase", "metrics.jsonl"))
+  assert step == 2 and os.path.exists(os.path.join(wd, "init_phase", "metrics.jsonl"))
   student = _changed(fresh["params"]["student"], phase["params"]["student"])
   method_parts = _changed(fresh["params"]["method"], phase["params"]["method"])
   head = next(k for k in student if k in ("fc", "classifier", "linear"))
