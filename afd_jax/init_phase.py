@@ -22,7 +22,7 @@ from absl import logging
 import jax
 import optax
 
-from afd_jax import checkpointing, multi_step, optim, parallel, train_state
+from afd_jax import checkpointing, optim, parallel, train_state
 from afd_jax import metric_writer as metric_writer_lib
 
 DIR = "init_phase"
@@ -69,12 +69,11 @@ def _state(nets, like: train_state.TrainState) -> train_state.TrainState:
       batch_stats=like.batch_stats, method_state=like.method_state, rng=like.rng)
 
 
-def run(main_run, train_lib) -> train_state.TrainState:
+def run(main_run) -> train_state.TrainState:
   """Runs (or resumes, or just reloads) `main_run`'s init phase.
 
   Args:
     main_run: a fresh `train.Run` of a two-stage method (no checkpoint yet).
-    train_lib: the `train` module (its loop and `Run`; passed to avoid an import cycle).
 
   Returns:
     the distillation phase's initial state: the phase's final variables, step 0 and a
@@ -84,11 +83,13 @@ def run(main_run, train_lib) -> train_state.TrainState:
     train.Preempted / metric_writer.Diverged: as the main loop (the phase's checkpoints
       are kept; a rerun resumes it).
   """
+  from afd_jax import train as train_lib  # pylint: disable=g-import-not-at-top  (a cycle)
   cfg, phase = main_run.config, main_run.nets.distiller.init_phase
   path = os.path.join(main_run.workdir, DIR)
   nets = networks(main_run.nets, cfg, main_run.state.params["student"])
   to_phase = lambda s: _state(nets, s)  # noqa: E731
-  sharding = main_run.state_sharding(jax.eval_shape(to_phase, main_run.state))
+  sharding = parallel.state_sharding(main_run.mesh,
+                                     jax.eval_shape(to_phase, main_run.state))
   fresh = jax.jit(to_phase, out_shardings=sharding)(main_run.state)
   ckpts = checkpointing.RunCheckpoints(path, keep=cfg.logging.keep_checkpoints)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
@@ -107,17 +108,7 @@ def run(main_run, train_lib) -> train_state.TrainState:
                             meta=meta, saved_seconds=meta["train_seconds"])
   writer = metric_writer_lib.MetricWriter(path, enabled=parallel.is_chief(),
                                           resume_step=start if restored else -1)
-  seed = cfg.seed + SEED_OFFSET
-  if main_run.sampler is None:
-    batches = parallel.prefetch_to_device(
-        main_run.dataset.train_iterator(cfg.batch_size, seed, start), cfg.data.prefetch,
-        parallel.batch_sharded(main_run.mesh))
-    dispatch = multi_step.Dispatcher(nets, main_run.mesh, main_run.teacher_vars,
-                                     batches=batches, state_sharding=sharding)
-  else:
-    dispatch = multi_step.Dispatcher(nets, main_run.mesh, main_run.teacher_vars,
-                                     sampler=main_run.sampler, data=main_run.train_data,
-                                     seed=seed, state_sharding=sharding)
+  dispatch = train_lib.dispatcher(main_run, nets, cfg.seed + SEED_OFFSET, start, sharding)
   if start < stop:
     logging.info("Init phase of %s: steps %d..%d (%d epochs, lr %g) in %s",
                  nets.distiller.name, start, stop, phase.epochs,
@@ -131,4 +122,5 @@ def run(main_run, train_lib) -> train_state.TrainState:
     ckpts.close()
   rng = main_run.state.rng
   to_main = lambda s: _state(main_run.nets, s).replace(rng=rng)  # noqa: E731
-  return jax.jit(to_main, out_shardings=main_run.state_sharding(main_run.state))(state)
+  main_sharding = parallel.state_sharding(main_run.mesh, main_run.state)
+  return jax.jit(to_main, out_shardings=main_sharding)(state)

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -67,10 +66,6 @@ class Run:
   sampler: device_data.Sampler | None = None  # the device-resident path, or None
   train_data: Any = None  # its uint8 split on the devices
 
-  def state_sharding(self, state) -> Any:
-    """The shardings of `state` (arrays or shapes) on this run's mesh."""
-    return parallel.state_sharding(self.mesh, state)
-
   def save(self, step: int, state, segment_start: float) -> None:
     """Checkpoints `state` with the bookkeeping of `meta` (every process must call it)."""
     inject_fault("save", step)
@@ -104,20 +99,19 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                      f"{dataset.info.num_train_examples} training examples of "
                      f"{config.data.name!r}")
-  labels = (dataset.train_labels() if methods.needs_labels(config.method.name) else None)
+  labels = dataset.train_labels() if methods.needs_labels(config.method.name) else None
   nets = train_state.build_networks(config, dataset.info.num_classes, steps_per_epoch,
                                     train_labels=labels)
   replicated = parallel.replicated(mesh)
   create_fn = functools.partial(create, nets, image_size=config.data.image_size)
-  state_sharding = parallel.state_sharding(
-      mesh, jax.eval_shape(create_fn, jax.random.PRNGKey(config.seed)))
+  shapes = jax.eval_shape(create_fn, jax.random.PRNGKey(config.seed))
+  state_sharding = parallel.state_sharding(mesh, shapes)
   init = jax.jit(create_fn, out_shardings=state_sharding)
   if require_checkpoint and not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise checkpointing.CheckpointError(f"no checkpoints/ in workdir {workdir!r}")
   ckpts = checkpointing.RunCheckpoints(workdir, keep=config.logging.keep_checkpoints)
-  abstract = jax.tree.map(
-      lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-      jax.eval_shape(init, jax.random.PRNGKey(config.seed)), state_sharding)
+  abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                          shapes, state_sharding)
   try:
     restored = ckpts.restore_latest(abstract)
   except checkpointing.CheckpointError:
@@ -202,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                            allow_config_change, write=chief)
   run = open_run(config, path)
   if run.nets.distiller.init_phase is not None and "epoch" not in run.meta:
-    run.state = init_phase.run(run, sys.modules[__name__])  # two-stage methods: phase 1
+    run.state = init_phase.run(run)  # two-stage methods: phase 1
   cfg, nets, spe = run.config, run.nets, run.steps_per_epoch
   start = int(run.state.step)
   stop = cfg.schedule.num_epochs * spe
@@ -220,16 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_scalars(start, {"teacher/top1": t_eval["top1"],
                                  "teacher/top5": t_eval["top5"]})
     logging.info("Teacher %s: top-1 %.2f", cfg.teacher.name, t_eval["top1"])
-  if run.sampler is None:
-    batches = parallel.prefetch_to_device(
-        run.dataset.train_iterator(cfg.batch_size, cfg.seed, start), cfg.data.prefetch,
-        parallel.batch_sharded(run.mesh))
-    dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, batches=batches,
-                                     state_sharding=run.state_sharding(run.state))
-  else:
-    dispatch = multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, sampler=run.sampler,
-                                     data=run.train_data, seed=cfg.seed,
-                                     state_sharding=run.state_sharding(run.state))
+  dispatch = dispatcher(run, nets, cfg.seed, start, parallel.state_sharding(run.mesh, run.state))
   window = metric_writer.TrainWindow(writer, cfg.batch_size)
   try:
     _, segment_start = run_steps(run, run.state, start, stop, dispatch, window,
@@ -239,6 +224,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     run.ckpts.close()
   return _result(run, stop, segment_start if stop > start else None)
+
+
+def dispatcher(run: Run, nets, seed: int, start: int, sharding) -> multi_step.Dispatcher:
+  """Steps of `nets` on `run`'s data of `seed` from global step `start`, state `sharding`."""
+  if run.sampler is None:
+    batches = parallel.prefetch_to_device(
+        run.dataset.train_iterator(run.config.batch_size, seed, start),
+        run.config.data.prefetch, parallel.batch_sharded(run.mesh))
+    return multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, batches=batches,
+                                 state_sharding=sharding)
+  return multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, sampler=run.sampler,
+                               data=run.train_data, seed=seed, state_sharding=sharding)
 
 
 def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate

@@ -33,3 +33,15 @@ def fd_check(f_np, grad_jax, x, n=6, eps=1e-5, seed=0, rtol=5e-3, atol=1e-7):
     xm[idx] -= eps
     np.testing.assert_allclose(np.asarray(grad_jax)[idx],
                                (f_np(xp) - f_np(xm)) / (2 * eps), rtol=rtol, atol=atol)
+
+
+def np_pool(x, oh, ow):
+  """Adaptive average pooling of axes 1, 2 by PyTorch's bin rule, with explicit loops."""
+  b, h, w, c = x.shape
+  out = np.zeros((b, oh, ow, c))
+  for i in range(oh):
+    h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+    for j in range(ow):
+      w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+      out[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
+  return out

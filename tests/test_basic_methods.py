@@ -11,6 +11,7 @@ from afd_jax.methods import at as at_lib
 from afd_jax.methods import base
 from afd_jax.methods import fitnet as fitnet_lib
 from afd_jax.methods import kd as kd_lib
+from numpy_reference import np_pool
 
 
 # ---- independent NumPy references (float64) --------------------------------------------
@@ -27,18 +28,6 @@ def np_kd(s, t, tau):
 
 def np_ce(s, y):
   return -np.mean(np_log_softmax(s)[np.arange(len(y)), y])
-
-
-def np_pool(x, oh, ow):
-  """Adaptive average pooling by PyTorch's bin rule, with explicit loops."""
-  b, h, w, c = x.shape
-  out = np.zeros((b, oh, ow, c))
-  for i in range(oh):
-    h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-    for j in range(ow):
-      w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-      out[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
-  return out
 
 
 def np_at_map(f):

@@ -9,7 +9,7 @@ import pytest
 
 from afd_jax import methods
 from afd_jax.methods import reviewkd, semckd, vid
-from numpy_reference import fd_check, np_ce, np_kd, np_softmax
+from numpy_reference import fd_check, np_ce, np_kd, np_pool, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
 
@@ -42,17 +42,6 @@ def np_bn(x, p):
 
 def np_relu(x):
   return np.maximum(x, 0)
-
-
-def np_pool(x, oh, ow):
-  b, h, w, c = x.shape
-  out = np.zeros((b, oh, ow, c))
-  for i in range(oh):
-    h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-    for j in range(ow):
-      w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-      out[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
-  return out
 
 
 def np_nearest(x, oh, ow):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from afd_jax.methods import cc, dkd, nst, pkt, rkd, sp
-from numpy_reference import fd_check, np_ce, np_softmax
+from numpy_reference import fd_check, np_ce, np_pool, np_softmax
 
 
 def f32(x):
@@ -67,17 +67,6 @@ def np_rkd(s, t, wd=25.0, wa=50.0):
 def np_cc(es, et):
   d = np.abs(es - et)
   return np.mean([np.sum(d[i] * d[i + 1]) for i in range(len(d) - 1)])
-
-
-def np_pool(x, oh, ow):
-  b, h, w, c = x.shape
-  out = np.zeros((b, oh, ow, c))
-  for i in range(oh):
-    h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-    for j in range(ow):
-      w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-      out[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
-  return out
 
 
 def np_nst(s_list, t_list):

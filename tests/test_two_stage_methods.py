@@ -12,7 +12,7 @@ import pytest
 
 from afd_jax import methods
 from afd_jax.methods import ab, fsp, ft
-from numpy_reference import fd_check, np_ce, np_kd
+from numpy_reference import fd_check, np_ce, np_kd, np_pool
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
 
@@ -59,18 +59,6 @@ def np_bn(x, p):
 
 def np_leaky(x):
   return np.where(x > 0, x, 0.1 * x)
-
-
-def np_pool(x, oh, ow):
-  """PyTorch adaptive average pooling of axes 1, 2."""
-  b, h, w, c = x.shape
-  out = np.zeros((b, oh, ow, c))
-  for i in range(oh):
-    h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-    for j in range(ow):
-      w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-      out[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
-  return out
 
 
 def np_to_smaller(a, b):
