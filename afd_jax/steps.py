@@ -36,12 +36,32 @@ def select(features: dict[str, jax.Array], names) -> list[jax.Array]:
   return [features[n] for n in names]
 
 
-def teacher_outputs(nets, teacher_vars, images):
-  """Frozen teacher: eval-mode BN, no gradient. Returns (logits, selected features)."""
+def teacher_outputs(nets, teacher_vars, images, rng=None):
+  """Frozen teacher, no gradient. Returns (logits, selected features).
+
+  Eval mode (running BN statistics, no dropout), unless the method asks for the
+  teacher in train mode (``distiller.teacher_train_mode``: the TaT segmentation release's
+  ``t_net.train()``) and `rng` is given (a train step): then batch-statistics BatchNorm
+  and dropout drawn from `rng`; the updated running statistics are discarded (the frozen
+  teacher's variables never change, as the release never evaluates or saves its teacher).
+  """
   if nets.teacher is None:
     return None, []
-  logits, feats, _ = forward(nets.teacher, teacher_vars, images, train=False)
+  train = rng is not None and getattr(nets.distiller, "teacher_train_mode", False)
+  logits, feats, _ = forward(nets.teacher, teacher_vars, images, train=train,
+                             rngs={"dropout": rng} if train else None)
   return jax.lax.stop_gradient((logits, select(feats, nets.distiller.teacher_features)))
+
+
+def pixel_or_top1_accuracy(logits: jax.Array, labels: jax.Array,
+                           ignore_label: int = 255) -> jax.Array:
+  """Top-1 accuracy (fraction): per example for (B, K) logits, per valid pixel (label !=
+  `ignore_label`) for (B, H, W, K) segmentation logits (0 when no pixel is valid)."""
+  correct = jnp.argmax(logits, -1) == labels
+  if labels.ndim == 1:
+    return jnp.mean(correct)
+  valid = labels != ignore_label
+  return jnp.sum(correct & valid) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def method_objective(nets, state, params, s_feats, t_feats, s_logits, t_logits, labels, *,
@@ -81,8 +101,10 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
     the new state and float32 scalar metrics (loss, its terms, lr, top1).
   """
   images, labels = batch["image"], batch["label"]
-  t_logits, t_feats = teacher_outputs(nets, teacher_vars, images)
-  rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  rngs = {"dropout": step_rng}
+  t_logits, t_feats = teacher_outputs(nets, teacher_vars, images,
+                                      rng=jax.random.fold_in(step_rng, 1))
   # The init phase of FT trains only the method: the student runs in eval mode there.
   student_train = nets.phase != "init" or nets.distiller.init_phase.train_student
 
@@ -106,7 +128,7 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
       method_state=m_mut.get("method_state", {}))
   metrics = dict(metrics, loss=loss, lr=nets.schedule(state.step),
                  grad_norm=optax.tree.norm(grads),
-                 top1=jnp.mean(jnp.argmax(logits, -1) == labels))
+                 top1=pixel_or_top1_accuracy(logits, labels))
   if nets.skip_nonfinite:
     # Keep the old state (but count the step) when anything is non-finite.
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
@@ -128,6 +150,38 @@ def eval_step(model: nn.Module, variables, batch: dict[str, jax.Array]) -> dict[
           "loss": jnp.sum(ce * mask), "count": jnp.sum(mask)}
 
 
+def segmentation_eval_step(model: nn.Module, variables, batch: dict[str, jax.Array],
+                           num_classes: int, ignore_label: int = 255
+                           ) -> dict[str, jax.Array]:
+  """Confusion matrix and CE sums of a segmentation eval batch.
+
+  Args:
+    model: a segmentation model (logits (B, H, W, K) at the input size).
+    variables: its ``{'params', 'batch_stats'}``.
+    batch: ``{'image': (B, H, W, 3), 'label': (B, H, W) int (ignore_label = not
+      counted), 'mask': (B,) (0: padding)}``.
+    num_classes: K.
+
+  Returns:
+    ``confusion`` (K, K) float32 counts ``[ground truth, prediction]`` over the valid
+    pixels of the real examples (the release's ``Evaluator._generate_matrix``: pixels with
+    a label outside [0, K) are not counted), ``loss`` the summed per-pixel CE and
+    ``pixels`` their number, ``count`` the real examples.
+  """
+  logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
+  labels = batch["label"]
+  valid = ((labels >= 0) & (labels < num_classes)
+           & (batch["mask"][:, None, None] > 0)).astype(jnp.float32)
+  truth = jnp.where(valid > 0, labels, 0)
+  pred = jnp.argmax(logits, -1)
+  confusion = jnp.zeros((num_classes * num_classes,), jnp.float32).at[
+      (truth * num_classes + pred).reshape(-1)].add(valid.reshape(-1))
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, truth)
+  return {"confusion": confusion.reshape(num_classes, num_classes),
+          "loss": jnp.sum(ce * valid), "pixels": jnp.sum(valid),
+          "count": jnp.sum(batch["mask"])}
+
+
 def method_intermediates(nets, state, batch, teacher_vars) -> dict:
   """What the method sows in eval mode on `batch` (e.g. AFD's ``attention``)."""
   s_logits, s_feats, _ = forward(nets.student, {
@@ -140,3 +194,19 @@ def method_intermediates(nets, state, batch, teacher_vars) -> dict:
                             s_logits, t_logits, batch["label"], train=False,
                             mutable=["intermediates"], index=index)
   return mut.get("intermediates", {})
+
+
+def segmentation_predictions(nets, state, batch, teacher_vars) -> dict:
+  """Eval-mode class maps of student and teacher on `batch` (the segmentation pictures).
+
+  Returns:
+    ``{'image', 'label', 'mask'}`` of the batch, ``'student'`` (B, H, W) int32 and
+    ``'teacher'`` (B, H, W) int32 or None.
+  """
+  student = nets.student.apply({"params": state.params["student"],
+                                "batch_stats": state.batch_stats["student"]},
+                               batch["image"], train=False)
+  teacher = (None if nets.teacher is None else
+             jnp.argmax(nets.teacher.apply(teacher_vars, batch["image"], train=False), -1))
+  return {"image": batch["image"], "label": batch["label"], "mask": batch["mask"],
+          "student": jnp.argmax(student, -1), "teacher": teacher}

@@ -22,12 +22,18 @@ import numpy as np
 from afd_jax import train
 
 
+def score_name(result: dict) -> str:
+  """The score a run's result reports: ``'miou'`` (segmentation) or ``'top1'``."""
+  return "miou" if "miou" in result else "top1"
+
+
 def format_result(name: str, result: dict) -> str:
   """One line summarising a single run's result."""
-  parts = [f"{name}: top-1 {result.get('top1', float('nan')):.2f}",
-           f"best {result.get('best_top1', float('nan')):.2f}"]
-  if "teacher_top1" in result:
-    parts.append(f"teacher {result['teacher_top1']:.2f}")
+  score = score_name(result)
+  parts = [f"{name}: {score} {result.get(score, float('nan')):.2f}",
+           f"best {result.get(f'best_{score}', float('nan')):.2f}"]
+  if f"teacher_{score}" in result:
+    parts.append(f"teacher {result[f'teacher_{score}']:.2f}")
   parts.append(f"{result.get('step', 0)} steps, {result.get('train_seconds', 0):.0f} s")
   return ", ".join(parts)
 
@@ -64,13 +70,13 @@ def run_suite(suite: ml_collections.ConfigDict, workdir: str,
       result = train.train_and_evaluate(config, run_dir, allow_config_change)
       print(format_result(name, result), flush=True)
       per_seed.append(result)
-    config = suite.runs[name]
+    config, score = suite.runs[name], score_name(per_seed[0])
     results[name] = {
         "model": config.model.name, "method": config.method.name,
         "teacher": config.teacher.name if config.method.name != "none" else "",
-        "seeds": seeds,
-        "top1": [r["top1"] for r in per_seed],
-        "best_top1": [r["best_top1"] for r in per_seed],
+        "seeds": seeds, "score": score,
+        score: [r[score] for r in per_seed],
+        f"best_{score}": [r[f"best_{score}"] for r in per_seed],
         "train_seconds": [r["train_seconds"] for r in per_seed]}
   table = results_table(results)
   print(table, flush=True)
@@ -88,11 +94,14 @@ def _mean_std(values) -> str:
 
 
 def results_table(results: dict[str, dict]) -> str:
-  """Markdown table: run, student, method, teacher, final and best test top-1."""
-  lines = ["| run | model | method | teacher | test top-1 (%) | best top-1 (%) | seeds |",
+  """Markdown table: run, student, method, teacher, final and best score (test top-1,
+  or mIoU for segmentation)."""
+  score = next((r.get("score", "top1") for r in results.values()), "top1")
+  label = {"top1": "top-1", "miou": "mIoU"}[score]
+  lines = [f"| run | model | method | teacher | test {label} (%) | best {label} (%) | seeds |",
            "|---|---|---|---|---|---|---|"]
   for name, r in results.items():
     lines.append(f"| {name} | {r['model']} | {r['method']} | {r['teacher'] or '-'} | "
-                 f"{_mean_std(r['top1'])} | {_mean_std(r['best_top1'])} | "
+                 f"{_mean_std(r[score])} | {_mean_std(r[f'best_{score}'])} | "
                  f"{len(r['seeds'])} |")
   return "\n".join(lines)

@@ -23,8 +23,10 @@ import ml_collections
 import tqdm
 
 from afd_jax import (analysis, checkpointing, device_data, evaluation, init_phase,
-                     methods, metric_writer, multi_step, parallel, steps, train_state)
+                     methods, metric_writer, multi_step, parallel, pretrained, steps,
+                     train_state)
 from afd_jax import workdir as workdir_lib
+from afd_jax.analysis import segmentation
 from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
 from afd_jax.workdir import validate_config  # noqa: F401  (re-exported)
 
@@ -62,6 +64,7 @@ class Run:
   meta: dict[str, Any]
   teacher_vars: Any
   probe: Any  # jitted steps.method_intermediates
+  predict: Any  # jitted steps.segmentation_predictions (segmentation pictures)
   saved_seconds: float = 0.0  # train_seconds of the last checkpoint saved
   sampler: device_data.Sampler | None = None  # the device-resident path, or None
   train_data: Any = None  # its uint8 split on the devices
@@ -121,7 +124,16 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     if require_checkpoint:
       raise checkpointing.CheckpointError(f"no checkpoint in workdir {workdir!r}")
     state, meta = init(jax.random.PRNGKey(config.seed)), {}
-    logging.info("Starting %s from scratch in %s", config.model.name, workdir)
+    if config.model.get("init"):  # pretrained student weights (fresh starts only)
+      student = pretrained.load_student_init(
+          config.model.init, config.model.name, train_state.student_variables(state),
+          dataset.info.num_classes)
+      state = jax.device_put(state.replace(
+          params=dict(state.params, student=student["params"]),
+          batch_stats=dict(state.batch_stats, student=student["batch_stats"])),
+                             state_sharding)
+    logging.info("Starting %s from %s in %s", config.model.name,
+                 config.model.get("init") or "scratch", workdir)
   else:
     state, meta = restored
     logging.info("Resumed from step %s in %s", state.step, workdir)  # (S,): seeds
@@ -141,8 +153,10 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
           config.teacher.name), replicated)
   probe = jax.jit(functools.partial(steps.method_intermediates, nets),
                   out_shardings=replicated)
+  predict = jax.jit(functools.partial(steps.segmentation_predictions, nets),
+                    out_shardings=replicated)
   return Run(config, workdir, mesh, dataset, steps_per_epoch, nets, ckpts, state, meta,
-             teacher_vars, probe, sampler=sampler, train_data=train_data)
+             teacher_vars, probe, predict, sampler=sampler, train_data=train_data)
 
 
 def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
@@ -150,8 +164,8 @@ def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
   """Evaluates the student, runs the method's analyses, keeps the best checkpoint."""
   result = evaluate(run.nets.student, train_state.student_variables(state))
   writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
-  logging.info("step %d (epoch %.2f): eval top-1 %.2f top-5 %.2f", step,
-               step / run.steps_per_epoch, result["top1"], result["top5"])
+  logging.info("step %d (epoch %.2f): eval %s", step, step / run.steps_per_epoch,
+               " ".join(f"{k} {v:.2f}" for k, v in result.items()))
   run.meta["last_eval"] = dict(result, step=step)
   inject_fault("eval", step)
   ctx = analysis.AnalysisContext(
@@ -159,13 +173,17 @@ def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
       config=run.config, distiller=run.nets.distiller, writer=writer,
       method_intermediates=lambda: run.probe(state, evaluate.first_batch(),
                                              run.teacher_vars),
-      is_chief=parallel.is_chief())
-  for hook in run.nets.distiller.eval_hooks:
+      is_chief=parallel.is_chief(),
+      predictions=(lambda: run.predict(state, evaluate.first_batch(), run.teacher_vars))
+      if evaluate.segmentation else None)
+  hooks = run.nets.distiller.eval_hooks
+  for hook in hooks + ((segmentation.prediction_grid_hook,) if evaluate.segmentation else ()):
     hook(ctx)
-  if result["top1"] > run.meta["best_top1"]:
-    run.meta["best_top1"] = result["top1"]
+  score = evaluate.score  # top1, or mIoU for segmentation
+  if result[score] > run.meta.get(f"best_{score}", -1.0):
+    run.meta[f"best_{score}"] = result[score]
     run.ckpts.save_best(step, state, dict(run.meta, epoch=step / run.steps_per_epoch),
-                        result["top1"])
+                        result[score])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -208,12 +226,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluate = evaluation.Evaluator(run.dataset, run.mesh, cfg.eval_batch_size)
   same_classes = (cfg.teacher.get("num_classes") in (None, run.dataset.info.num_classes)
                   and not cfg.teacher.get("random_init"))  # smoke teachers: not evaluated
-  if nets.teacher is not None and same_classes and "teacher_top1" not in run.meta:
+  score = evaluate.score
+  if nets.teacher is not None and same_classes and f"teacher_{score}" not in run.meta:
     t_eval = evaluate(nets.teacher, run.teacher_vars)
-    run.meta["teacher_top1"] = t_eval["top1"]
-    writer.write_scalars(start, {"teacher/top1": t_eval["top1"],
-                                 "teacher/top5": t_eval["top5"]})
-    logging.info("Teacher %s: top-1 %.2f", cfg.teacher.name, t_eval["top1"])
+    run.meta[f"teacher_{score}"] = t_eval[score]
+    writer.write_scalars(start, {f"teacher/{k}": v for k, v in t_eval.items()
+                                 if k != "loss"})
+    logging.info("Teacher %s: %s %.2f", cfg.teacher.name, score, t_eval[score])
   dispatch = dispatcher(run, nets, cfg.seed, start, parallel.state_sharding(run.mesh, run.state))
   window = metric_writer.TrainWindow(writer, cfg.batch_size)
   try:
@@ -289,10 +308,14 @@ def _result(run: Run, step: int, segment_start: float | None) -> dict[str, float
   meta = run.meta
   # As saved with the final checkpoint, so that a rerun reports the very same number.
   seconds = run.saved_seconds if segment_start else meta["train_seconds"]
-  result = {"step": step, "best_top1": meta["best_top1"], "train_seconds": seconds,
-            **{k: meta["last_eval"][k] for k in ("top1", "top5") if "last_eval" in meta}}
-  if "teacher_top1" in meta:
-    result["teacher_top1"] = meta["teacher_top1"]
+  score = evaluation.score_name(
+      getattr(run.dataset.info, "task", "classification") == "segmentation")
+  result = {"step": step, f"best_{score}": meta.get(f"best_{score}", -1.0),
+            "train_seconds": seconds,
+            **{k: v for k, v in meta.get("last_eval", {}).items()
+               if k not in ("step", "loss")}}
+  if f"teacher_{score}" in meta:
+    result[f"teacher_{score}"] = meta[f"teacher_{score}"]
   missing = not os.path.exists(os.path.join(run.workdir, workdir_lib.RESULT_FILE))
   if parallel.is_chief() and (segment_start is not None or missing):
     workdir_lib.write_result(run.workdir, result)

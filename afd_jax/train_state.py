@@ -137,8 +137,10 @@ def create(nets: Networks, rng: jax.Array, image_size: int) -> TrainState:
         jax.eval_shape(functools.partial(steps.teacher_outputs, nets), t_vars, x))
   else:
     t_logits, t_feats = None, []
-  labels = jnp.zeros((x.shape[0],), jnp.int32)
-  index = {"index": labels} if nets.distiller.needs_index else {}
+  # (B,) class labels, or (B, H, W) pixel labels for a segmentation student.
+  labels = jnp.zeros(s_logits.shape[:-1], jnp.int32)
+  index = ({"index": jnp.zeros((x.shape[0],), jnp.int32)} if nets.distiller.needs_index
+           else {})
   m_vars = nets.distiller.module.init(
       m_rng, steps.select(s_feats, nets.distiller.student_features), t_feats, s_logits,
       t_logits, labels, train=True, **index)

@@ -23,7 +23,9 @@ CONFIG_FILE, HISTORY_FILE, RESULT_FILE = "config.json", "config_history.jsonl", 
 BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices", "data.prefetch",
                "steps_per_dispatch")
 # Fields added after workdirs were written: absent from an older config.json means these.
-ADDED_FIELDS = {"seeds": None, "vmap_seeds": False}
+ADDED_FIELDS = {"seeds": None, "vmap_seeds": False, "model.init": "",
+                "optim.head_lr_multiplier": 1.0, "schedule.power": 0.9,
+                "data.base_size": None}
 
 
 class ConfigMismatchError(ValueError):
@@ -143,3 +145,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       and not config.teacher.checkpoint and not config.teacher.get("random_init")):
     raise ValueError(f"config.teacher.checkpoint is empty but method "
                      f"{config.method.name!r} distils from teacher {config.teacher.name!r}")
+  if config.model.get("init"):
+    from afd_jax import pretrained  # pylint: disable=g-import-not-at-top
+    pretrained.check_init_path(config.model.init)
+  head = config.optim.get("head_lr_multiplier", 1.0)
+  if not head > 0:
+    raise ValueError(f"config.optim.head_lr_multiplier={head!r} is out of range; "
+                     "accepted: > 0")

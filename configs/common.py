@@ -80,8 +80,10 @@ def base() -> ml_collections.ConfigDict:
       input_shards=ml_collections.config_dict.placeholder(int), prefetch=2,
       pipeline="tfdata", device_max_bytes=2**31))
   # bn1_twice: the AFD release's WRN BatchNorm statistics (off: PyTorch's usual ones).
+  # init: pretrained student weights for a fresh start (a PyTorch file or an afd_jax run;
+  # `afd_jax.pretrained`), '' for none.
   c.model = ml_collections.ConfigDict(dict(name="wrn_16_2", dtype="float32",
-                                           bn1_twice=False))
+                                           bn1_twice=False, init=""))
   # num_classes: the teacher's classifier width (None: the dataset's; 1000 for an ImageNet
   # teacher on a transfer target, whose logits are then never used).
   c.teacher = ml_collections.ConfigDict(dict(
@@ -90,11 +92,14 @@ def base() -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict(dict(name="none"))
   # skip_nonfinite: skip a step whose loss or gradient is not finite (as some large-scale
   # trainers do) instead of stopping the run with an error.
+  # head_lr_multiplier: the student's head (a DeepLabV3+'s ASPP + decoder) at this × lr.
   c.optim = ml_collections.ConfigDict(dict(
-      lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4, skip_nonfinite=False))
+      lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4, skip_nonfinite=False,
+      head_lr_multiplier=1.0))
+  # name: 'step', 'cosine' or 'poly' (power: its exponent).
   c.schedule = ml_collections.ConfigDict(dict(
       name="step", num_epochs=240, decay_epochs=CIFAR_LR_DECAY, decay_factor=0.1,
-      warmup_epochs=0))
+      warmup_epochs=0, power=0.9))
   c.logging = ml_collections.ConfigDict(dict(
       log_every_steps=50, eval_every_epochs=1, checkpoint_every_steps=0,
       keep_checkpoints=3, progress_bar=True, heatmap_every_epochs=1))

@@ -24,6 +24,9 @@ class AnalysisContext:
     method_intermediates: returns the method module's sown ``intermediates`` on the
       first eval batch (eval mode), e.g. AFD's ``{'attention': ((B, nt, ns),)}``.
     is_chief: whether this process writes files and logs.
+    predictions: segmentation runs: returns the first eval batch's ``{'image', 'label',
+      'mask', 'student', 'teacher'}`` (class-id maps (B, H, W) of both nets in eval
+      mode; ``teacher`` None without one); None for classification.
   """
   step: int
   epoch: int
@@ -33,3 +36,4 @@ class AnalysisContext:
   writer: Any
   method_intermediates: Callable[[], dict]
   is_chief: bool
+  predictions: Callable[[], dict] | None = None
