@@ -191,3 +191,100 @@ def expected(dataset: str, method: str, teacher: str, student: str) -> str:
   """A docstring-ready line with the published top-1 of this run, from `pairs`."""
   found = pairs.expected_top1(dataset, method, student, teacher)
   return "no published number" if found is None else f"{found[0]:.2f} ({found[1]})"
+
+
+# ---- semantic segmentation (TaT's segmentation release, sihaoevery/TaT-seg) -------------
+
+SEG_DATASETS = {"voc": "voc_aug", "cocostuff10k": "cocostuff10k"}
+SEG_STUDENTS = {"resnet18": "deeplabv3p_resnet18", "mobilenetv2": "deeplabv3p_mobilenetv2"}
+SEG_TEACHER = "deeplabv3p_resnet101"
+# The ImageNet weights the release's backbones load (`_load_pretrained_model`), as files
+# a person downloads into pretrained/ (the URLs are in configs/voc/teacher.py).
+PRETRAINED = {"deeplabv3p_resnet18": "pretrained/resnet18-5c106cde.pth",
+              "deeplabv3p_resnet101": "pretrained/resnet101-5d3b4d8f.pth",
+              "deeplabv3p_mobilenetv2": "pretrained/mobilenet_v2-6a65762b.pth"}
+
+
+def segmentation(dataset: str) -> ml_collections.ConfigDict:
+  """The TaT segmentation release's common setting (its ``train_*.sh`` and argparse
+  defaults): DeepLabV3+ at output stride 16, crop 513 and base size 513, SGD with
+  Nesterov momentum 0.9 and weight decay 5e-4, the head (ASPP + decoder) at 10× the
+  learning rate, a per-iteration schedule, 100 epochs, CE ignoring label 255 (divided by
+  the batch size as well: the release's ``batch_average``), evaluation every epoch with
+  mIoU keeping the best checkpoint, students from ImageNet weights.
+
+  Args:
+    dataset: ``'voc'`` (VOC 2012 + SBD, train_aug 10,582 / val 1,449) or
+      ``'cocostuff10k'`` (9,000 / 1,000).
+  """
+  c = base()
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.data.update(dict(name=SEG_DATASETS[dataset], image_size=513, base_size=513,
+                     train_split="train",
+                     eval_split="validation" if dataset == "voc" else "test",
+                     shuffle_buffer=10_582, download=False))
+  c.model.update(dict(name=SEG_STUDENTS["resnet18"], init=PRETRAINED[SEG_STUDENTS["resnet18"]]))
+  c.optim.update(dict(lr=0.007, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                      head_lr_multiplier=10.0))
+  c.schedule.update(dict(name="cosine", num_epochs=100, decay_epochs=(), power=0.9))
+  c.logging.update(dict(log_every_steps=50, heatmap_every_epochs=1))
+  return c
+
+
+def seg_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`runlocal` for segmentation: the same networks and method on 16 `digits_seg`
+  canvases (64×64), batch 4, two steps, a random-init teacher, no pretrained weights."""
+  c.data.update(dict(name="digits_seg", image_size=64, base_size=64, download=False,
+                     shuffle_buffer=16, train_split="train", eval_split="test",
+                     num_train_examples=16, num_eval_examples=8, prefetch=1))
+  c.batch_size, c.eval_batch_size = 4, 4
+  c.max_steps = 2
+  c.model.init = ""
+  c.schedule.update(dict(num_epochs=1, warmup_epochs=0))
+  c.logging.update(dict(log_every_steps=1, keep_checkpoints=2, progress_bar=False))
+  if c.teacher.name:
+    c.teacher.update(dict(checkpoint="", random_init=True))
+  return c
+
+
+def seg_teacher_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
+  """The DeepLabV3+ ResNet-101 teacher (or any DeepLab baseline) trained with CE only."""
+  a = parse_arg(arg, model="resnet101")
+  c = segmentation(dataset)
+  name = SEG_TEACHER if a.model == "resnet101" else _seg_student(a.model)
+  c.model.update(dict(name=name, init=PRETRAINED[name]))
+  return c  # the file sets its recipe, then applies `seg_runlocal` if asked
+
+
+def _seg_student(student: str) -> str:
+  if student not in SEG_STUDENTS:
+    raise ValueError(f"config argument student={student!r} unknown; accepted: "
+                     f"{', '.join(SEG_STUDENTS)}")
+  return SEG_STUDENTS[student]
+
+
+def seg_distill_config(dataset: str, method: str, arg: str | None,
+                       recipe: Callable[[Any, ml_collections.ConfigDict], dict]
+                       ) -> ml_collections.ConfigDict:
+  """A DeepLabV3+ student distilled from the ResNet-101 teacher.
+
+  Args:
+    dataset: ``'voc'`` or ``'cocostuff10k'``.
+    method: the method's name.
+    arg: ``'student=resnet18|mobilenetv2[,runlocal]'``.
+    recipe: ``f(parsed arg, config) -> method fields``; may also set the config's
+      batch size, lr, schedule (the release's per-script settings).
+
+  The teacher checkpoint is ``runs/<dataset>/deeplabv3p_resnet101``: the workdir that
+  ``configs/<dataset>/teacher.py`` trains or that ``python -m afd_jax.import_torch
+  --model=deeplabv3p_resnet101 --num_classes=<K> --checkpoint=<the release's .pth.tar>``
+  writes.
+  """
+  a = parse_arg(arg, student="resnet18")
+  c = segmentation(dataset)
+  name = _seg_student(a.student)
+  c.model.update(dict(name=name, init=PRETRAINED[name]))
+  c.teacher.update(dict(name=SEG_TEACHER, checkpoint=f"runs/{dataset}/{SEG_TEACHER}"))
+  c.method = ml_collections.ConfigDict(dict(name=method, **recipe(a, c)))
+  return seg_runlocal(c) if a.runlocal else c
