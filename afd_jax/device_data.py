@@ -128,12 +128,22 @@ def choose_pipeline(config_data: ml_collections.ConfigDict, dataset) -> str:
   """``'device'`` or ``'tfdata'``, per ``config_data.pipeline`` (``'auto'``: device when
   the dataset can be device-resident).
 
+  Segmentation datasets always use ``'tfdata'`` (the device sampler only pad-crops
+  images with one class label each).
+
   Raises:
     ValueError: an unknown pipeline, or ``'device'`` for a dataset that cannot be.
   """
   mode = config_data.get("pipeline", "tfdata")
   if mode not in PIPELINES:
     raise ValueError(f"config.data.pipeline={mode!r}; accepted: {', '.join(PIPELINES)}")
+  task = getattr(dataset.info, "task", "classification")
+  if task != "classification":
+    if mode == "device":
+      raise ValueError(f"config.data.pipeline='device' cannot hold {config_data.name!r}: "
+                       f"it is a {task} dataset and device-resident data is for "
+                       "classification only; use 'tfdata' or 'auto'")
+    return "tfdata"
   if mode == "tfdata":
     return mode
   why = _unsupported(config_data, dataset)

@@ -1,4 +1,5 @@
-"""Deterministic, resumable, per-process tf.data input pipelines for TFDS classification.
+"""Deterministic, resumable, per-process tf.data input pipelines for TFDS image
+classification and semantic segmentation.
 
 Multi-host: the training split is cut into ``data.input_shards`` equal parts (default:
 one per process) with `tfds.even_splits`, and each process reads only its own parts. The
@@ -13,6 +14,10 @@ therefore yields exactly the batches an uninterrupted run sees from that step on
 
 The eval split is cut into one part per process; batches are padded (``mask`` 0) so that
 every process yields the same number.
+
+Segmentation datasets (supervised label an `Image` (H, W, 1) of class ids, e.g. `voc_aug`,
+`cocostuff10k`, `digits_seg`) go through the same streams; their labels are (S, S) maps
+transformed with the image by `seg_transforms`, 255 (``ignore_label``) = no class.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from afd_jax import transforms
+from afd_jax import seg_transforms, transforms
 from afd_jax.datasets import availability
 from afd_jax.datasets.availability import DatasetNotAvailableError
 
@@ -45,13 +50,17 @@ class DatasetInfo:
     num_classes: number of labels.
     num_train_examples: training examples (after the ``num_train_examples`` cap).
     num_eval_examples: examples in the eval split (after the ``num_eval_examples`` cap).
-    image_size: side of the (square) images the pipeline yields.
+    image_size: side of the (square) images the pipeline yields (segmentation: the crop).
+    task: 'classification' (labels (b,)) or 'segmentation' (labels (b, S, S)).
+    ignore_label: the label value of "no class" pixels (segmentation; None otherwise).
   """
   name: str
   num_classes: int
   num_train_examples: int
   num_eval_examples: int
   image_size: int
+  task: str = "classification"
+  ignore_label: int | None = None
 
   def steps_per_epoch(self, global_batch_size: int, input_shards: int = 1) -> int:
     """Full global batches per epoch: each of the `input_shards` equal parts (remainder
@@ -64,8 +73,21 @@ class DatasetInfo:
     return -(-per_process // _local_batch_size(global_batch_size))
 
 
-def _open_builder(config_data) -> tuple[tfds.core.DatasetBuilder, str, str]:
-  """The prepared builder of `config_data.name` and its (image, label) keys."""
+def _task(features, keys) -> str | None:
+  """'classification' (ClassLabel label), 'segmentation' (Image (H, W, 1) label) or None."""
+  if not (keys[0] in features and isinstance(features[keys[0]], tfds.features.Image)
+          and keys[1] in features):
+    return None
+  label = features[keys[1]]
+  if isinstance(label, tfds.features.ClassLabel):
+    return "classification"
+  if isinstance(label, tfds.features.Image) and label.shape[-1] == 1:
+    return "segmentation"
+  return None
+
+
+def _open_builder(config_data) -> tuple[tfds.core.DatasetBuilder, str, str, str]:
+  """The prepared builder of `config_data.name`, its (image, label) keys and task."""
   name = config_data.name
   try:
     builder = tfds.builder(name, data_dir=config_data.data_dir)
@@ -75,13 +97,14 @@ def _open_builder(config_data) -> tuple[tfds.core.DatasetBuilder, str, str]:
                      f"{', '.join(availability.LOCAL_DATASETS)}, this project's own).") from None
   availability.ensure_prepared(builder, name, bool(config_data.get("download", False)))
   keys = builder.info.supervised_keys or ("image", "label")
-  features = builder.info.features
-  if not (keys[0] in features and isinstance(features[keys[0]], tfds.features.Image)
-          and keys[1] in features
-          and isinstance(features[keys[1]], tfds.features.ClassLabel)):
-    raise ValueError(f"Dataset {name!r} is not an image-classification dataset "
-                     f"(supervised keys {keys}).")
-  return builder, keys[0], keys[1]
+  task = _task(builder.info.features, keys)
+  if task is None:
+    raise ValueError(f"Dataset {name!r} is neither an image-classification nor a "
+                     f"semantic-segmentation dataset (supervised keys {keys}).")
+  if task == "segmentation" and "num_classes" not in (builder.info.metadata or {}):
+    raise ValueError(f"Segmentation dataset {name!r} has no 'num_classes' in its info "
+                     "metadata (see afd_jax/datasets/segmentation.py).")
+  return builder, keys[0], keys[1], task
 
 
 def _local_batch_size(global_batch_size: int, parts: int | None = None) -> int:
@@ -99,23 +122,42 @@ def _capped(split: str, cap: int | None) -> str:
 
 
 class Dataset:
-  """A TFDS image-classification dataset opened once for a whole run.
+  """A TFDS image-classification or semantic-segmentation dataset opened once for a run.
 
   Args:
     config_data: reads ``name``, ``data_dir``, ``download``, ``train_split``,
       ``eval_split``, ``shuffle_buffer``, ``image_size`` and the optional
-      ``num_train_examples`` / ``num_eval_examples`` caps and ``input_shards``.
+      ``num_train_examples`` / ``num_eval_examples`` caps and ``input_shards``;
+      segmentation also the optional ``base_size`` (the random scale's base) and
+      ``label_fill`` (label of the training crop's padding); unset, the dataset's
+      `seg_transforms.SegPreprocessing` defaults.
 
   Raises:
-    ValueError: unknown dataset name, or not an image-classification dataset.
+    ValueError: unknown dataset name, not an image-classification or segmentation
+      dataset, or segmentation sizes out of range.
     DatasetNotAvailableError: not prepared in ``data_dir`` and not downloadable.
   """
 
   def __init__(self, config_data: ml_collections.ConfigDict):
     self.config = config_data
-    self.builder, self.image_key, self.label_key = _open_builder(config_data)
-    self.preprocessing = transforms.get_preprocessing(config_data.name)
+    self.builder, self.image_key, self.label_key, task = _open_builder(config_data)
+    segmenting = task == "segmentation"
+    self.preprocessing = (seg_transforms if segmenting else transforms).get_preprocessing(
+        config_data.name)
     splits = self.builder.info.splits
+    image_size = config_data.get("image_size") or self.preprocessing.default_image_size
+    if segmenting:
+      metadata = self.builder.info.metadata
+      num_classes = metadata["num_classes"]
+      ignore_label = metadata.get("ignore_label", seg_transforms.IGNORE_LABEL)
+      self.base_size = (config_data.get("base_size")
+                        or self.preprocessing.default_base_size)
+      fill = config_data.get("label_fill")
+      self.label_fill = self.preprocessing.label_fill if fill is None else fill
+      seg_transforms.check_sizes(image_size, self.base_size)
+    else:
+      num_classes = self.builder.info.features[self.label_key].num_classes
+      ignore_label = None
 
     def count(split, cap):
       n = splits[split].num_examples
@@ -123,14 +165,32 @@ class Dataset:
 
     self.info = DatasetInfo(
         name=config_data.name,
-        num_classes=self.builder.info.features[self.label_key].num_classes,
+        num_classes=num_classes,
         num_train_examples=count(config_data.train_split,
                                  config_data.get("num_train_examples")),
         num_eval_examples=count(config_data.eval_split,
                                 config_data.get("num_eval_examples")),
-        image_size=(config_data.get("image_size")
-                    or self.preprocessing.default_image_size))
+        image_size=image_size, task=task, ignore_label=ignore_label)
     self._eval = {}
+
+  @property
+  def segmenting(self) -> bool:
+    return self.info.task == "segmentation"
+
+  def _pair(self, ex, key=None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Normalised float32 (S, S, 3) image and int32 label (() or (S, S)) of a raw example:
+    the training transform with stateless seed `key`, the eval transform without."""
+    prep, size = self.preprocessing, self.info.image_size
+    image, label = ex[self.image_key], ex[self.label_key]
+    if self.segmenting:
+      image, label = (prep.eval(image, label, size) if key is None else
+                      prep.train(image, label, key, size, self.base_size, self.label_fill))
+      label = tf.ensure_shape(label, (size, size))
+    else:
+      image = prep.eval(image, size) if key is None else prep.train(image, key, size)
+      label = tf.cast(label, tf.int32)
+    image = transforms.normalise(image, prep.mean, prep.std)
+    return tf.ensure_shape(image, (size, size, 3)), label
 
   @property
   def input_shards(self) -> int:
@@ -145,11 +205,12 @@ class Dataset:
     return self.info.steps_per_epoch(global_batch_size, self.input_shards)
 
   def _read(self, split, autocache: bool = True) -> tf.data.Dataset:
-    """Raw examples (images still encoded) of `split` in stored order."""
+    """Raw examples (images, and label maps, still encoded) of `split` in stored order."""
+    encoded = (self.image_key, self.label_key) if self.segmenting else (self.image_key,)
     ds = self.builder.as_dataset(
         split=split, shuffle_files=False, read_config=tfds.ReadConfig(
             try_autocache=autocache),
-        decoders={self.image_key: tfds.decode.SkipDecoding()})
+        decoders={k: tfds.decode.SkipDecoding() for k in encoded})
     options = tf.data.Options()
     options.deterministic = True  # parallel map must keep order, or batches would vary
     return ds.with_options(options)
@@ -187,7 +248,7 @@ class Dataset:
     Yields:
       ``{'image': float32 (b, H, W, 3) normalised, 'label': int32 (b,), 'index': int32
       (b,)}`` numpy arrays (``index``: the example's position in the training split, as
-      in `train_labels`),
+      in `train_labels`); segmentation: 'label' int32 (b, H, W), `ignore_label` = none,
       ``b = global_batch_size // jax.process_count()``: this process's parts' sub-batches
       concatenated in part order.
 
@@ -205,16 +266,13 @@ class Dataset:
     per_process = shards // jax.process_count()
     parts = range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     base_key = tf.constant(np.array([seed % 2**31, 0x5EED], np.int64))
-    prep, size = self.preprocessing, self.info.image_size
 
     def example(part, ex):
       key = base_key
       for value in (ex["epoch"], part, ex["position"]):
         key = tf.random.experimental.stateless_fold_in(key, value)
-      image = prep.train(ex[self.image_key], key, size)
-      image = transforms.normalise(image, prep.mean, prep.std)
-      return {"image": tf.ensure_shape(image, (size, size, 3)),
-              "label": tf.cast(ex[self.label_key], tf.int32), "index": ex["index"]}
+      image, label = self._pair(ex, key)
+      return {"image": image, "label": label, "index": ex["index"]}
 
     streams = []
     for part in parts:
@@ -228,7 +286,14 @@ class Dataset:
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
   def train_labels(self) -> np.ndarray:
-    """int32 (N,): the labels of the (capped) training split in index order."""
+    """int32 (N,): the labels of the (capped) training split in index order.
+
+    Raises:
+      ValueError: a segmentation dataset (its labels are maps, not classes).
+    """
+    if self.segmenting:
+      raise ValueError(f"train_labels() is for classification: {self.info.name!r} is a "
+                       "segmentation dataset (per-pixel labels; no class per example).")
     split = _capped(self.config.train_split, self.config.get("num_train_examples"))
     ds = self._read(split, autocache=False).map(
         lambda ex: tf.cast(ex[self.label_key], tf.int32))
@@ -239,7 +304,8 @@ class Dataset:
 
     Yields:
       ``{'image': float32 (b, H, W, 3), 'label': int32 (b,), 'mask': float32 (b,)}``
-      numpy arrays, mask 0 on the padding that evens out the last batches;
+      numpy arrays, mask 0 on the padding that evens out the last batches; segmentation:
+      'label' int32 (b, H, W), all `ignore_label` on the padding;
       ``b = global_batch_size // jax.process_count()``.
     """
     if global_batch_size not in self._eval:
@@ -248,20 +314,20 @@ class Dataset:
 
   def _eval_dataset(self, global_batch_size: int) -> tf.data.Dataset:
     local_batch = _local_batch_size(global_batch_size)
-    prep, size = self.preprocessing, self.info.image_size
+    size = self.info.image_size
     split = tfds.even_splits(_capped(self.config.eval_split,
                                      self.config.get("num_eval_examples")),
                              n=jax.process_count())[jax.process_index()]
 
     def example(ex):
-      image = transforms.normalise(prep.eval(ex[self.image_key], size), prep.mean, prep.std)
-      return {"image": tf.ensure_shape(image, (size, size, 3)),
-              "label": tf.cast(ex[self.label_key], tf.int32),
-              "mask": tf.constant(1.0, tf.float32)}
+      image, label = self._pair(ex)
+      return {"image": image, "label": label, "mask": tf.constant(1.0, tf.float32)}
 
+    no_label = (tf.fill((size, size), tf.constant(self.info.ignore_label, tf.int32))
+                if self.segmenting else tf.constant(0, tf.int32))
     padding = tf.data.Dataset.from_tensors({
         "image": tf.zeros((size, size, 3), tf.float32),
-        "label": tf.constant(0, tf.int32),
+        "label": no_label,
         "mask": tf.constant(0.0, tf.float32)}).repeat()
     ds = self._read(split).map(example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.concatenate(padding).take(self.info.num_eval_batches(global_batch_size)
@@ -273,7 +339,8 @@ def get_dataset_info(config_data: ml_collections.ConfigDict) -> DatasetInfo:
   """Sizes and classes of the dataset `config_data` names, preparing it if needed/allowed.
 
   Raises:
-    ValueError: unknown dataset name, or not an image-classification dataset.
+    ValueError: unknown dataset name, or not an image-classification or segmentation
+      dataset.
     DatasetNotAvailableError: not prepared in ``data_dir`` and not downloadable.
   """
   return Dataset(config_data).info

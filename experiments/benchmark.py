@@ -27,6 +27,16 @@ shown too), with its ratio to KD's step in the same run (two-stage methods: thei
 distillation step):
 
     python experiments/benchmark.py --step_times --methods=all --pairs=wrn_40_2:wrn_16_2
+
+``--segmentation`` times instead the train step of DeepLabV3+ students (ResNet-101
+teacher, random init) with each method of ``--seg_methods`` against the plain student
+step (method ``none``, no teacher) in the same run: ``--seg_students`` at crop ``--crop``
+and batch ``--batch`` (the release: 513 and 16 on an accelerator; smaller on a CPU), on a
+fixed synthetic batch already on the devices. Reports the fastest and median step, the
+ratio to the plain step, and the compiled step's peak device memory
+(``memory_analysis()``: arguments + outputs + temporaries − aliased):
+
+    python experiments/benchmark.py --segmentation --crop=513 --batch=16
 """
 from __future__ import annotations
 
@@ -45,7 +55,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from afd_jax import (device_data, methods, multi_step, parallel, seeds,  # noqa: E402
-                     train_state)
+                     steps, train_state)
 from afd_jax import transforms  # noqa: E402
 from configs import common  # noqa: E402
 
@@ -197,6 +207,80 @@ def markdown(rows) -> str:
   return "\n".join(lines)
 
 
+def _peak_bytes(compiled) -> float:
+  """Peak device memory of a compiled program from XLA's memory analysis (nan if none)."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float("nan")
+  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
+def segmentation_rows(args) -> list:
+  """TaT-seg (and `--seg_methods`) train steps vs the plain student step on DeepLabV3+."""
+  from configs.voc import tat as voc_tat  # pylint: disable=g-import-not-at-top
+  rows, mesh = [], parallel.make_mesh(None)
+  rng = np.random.default_rng(0)
+  classes, crop = 21, args.crop
+  batch = {"image": jnp.asarray(rng.standard_normal((args.batch, crop, crop, 3)),
+                                jnp.float32),
+           "label": jnp.asarray(rng.integers(0, classes, (args.batch, crop, crop)),
+                                jnp.int32)}
+  batch = jax.device_put(batch, parallel.batch_sharded(mesh))
+  for student in args.seg_students.split(","):
+    plain = None
+    for method in ["none"] + [m for m in args.seg_methods.split(",") if m]:
+      config = voc_tat.get_config(f"student={student}")
+      if method == "none":
+        config.teacher.name = ""
+        config.method = type(config.method)(dict(name="none"))
+      elif method != "tat":
+        config.method = type(config.method)(dict(name=method))
+      config.data.image_size = crop
+      config.model.init = ""
+      nets = train_state.build_networks(config, classes, 662)
+      create_fn = functools.partial(train_state.create, nets, image_size=crop)
+      sharding = parallel.state_sharding(mesh, jax.eval_shape(create_fn,
+                                                              jax.random.PRNGKey(0)))
+      state = jax.jit(create_fn, out_shardings=sharding)(jax.random.PRNGKey(0))
+      teacher_vars = None if nets.teacher is None else jax.jit(functools.partial(
+          train_state.random_teacher_variables, nets, crop),
+          out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(1))
+      step = jax.jit(functools.partial(steps.train_step, nets), donate_argnums=(0,))
+      t0 = time.perf_counter()
+      compiled = step.lower(state, batch, teacher_vars).compile()
+      compile_s, times = time.perf_counter() - t0, []
+      state, _ = compiled(state, batch, teacher_vars)
+      jax.block_until_ready(state)
+      for _ in range(max(1, args.steps)):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, teacher_vars)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+      step_s = min(times)
+      row = {"pair": f"deeplabv3p_resnet101→{config.model.name}", "method": method,
+             "crop": crop, "batch": args.batch, "compile_s": compile_s,
+             "ms_per_step": step_s * 1e3, "median_ms": float(np.median(times)) * 1e3,
+             "peak_gib": _peak_bytes(compiled) / 2**30}
+      plain = plain or row["ms_per_step"]
+      row["vs_plain"] = row["ms_per_step"] / plain
+      rows.append(row)
+      print(f"  {row['pair']} {method}: {step_s * 1e3:.1f} ms/step, "
+            f"× plain {row['vs_plain']:.2f}, peak {row['peak_gib']:.2f} GiB "
+            f"(compile {compile_s:.1f} s)", flush=True)
+  return rows
+
+
+def segmentation_markdown(rows) -> str:
+  lines = ["| pair | method | crop | batch | ms/step (min) | median | × plain student | "
+           "peak GiB | compile s |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['pair']} | {r['method']} | {r['crop']} | {r['batch']} | "
+                 f"{r['ms_per_step']:.1f} | {r['median_ms']:.1f} | {r['vs_plain']:.2f} | "
+                 f"{r['peak_gib']:.2f} | {r['compile_s']:.1f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--pairs", default="wrn_40_2:wrn_16_2,resnet32x4:resnet8x4")
@@ -209,7 +293,18 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--out", default="runs/benchmark.json")
   parser.add_argument("--step_times", action="store_true",
                       help="time one train step of every method (ratio to KD's)")
+  parser.add_argument("--segmentation", action="store_true",
+                      help="time DeepLabV3+ TaT-seg steps vs the plain student step")
+  parser.add_argument("--seg_students", default="resnet18")
+  parser.add_argument("--seg_methods", default="tat")
+  parser.add_argument("--crop", type=int, default=513)
   args = parser.parse_args(argv)
+  if args.segmentation:
+    device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
+    print(f"segmentation: batch {args.batch}, crop {args.crop}, {device}", flush=True)
+    rows = segmentation_rows(args)
+    print("\n" + segmentation_markdown(rows))
+    return rows
   if args.methods == "all":
     args.methods = ",".join(methods.method_names())
   args.ks = [int(k) for k in args.ks.split(",")]

@@ -9,7 +9,7 @@ from configs import common
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.py")
                       if p.name != "__init__.py" and p.parent != CONFIGS or
-                      p.name == "quickstart.py")
+                      p.name.endswith("quickstart.py"))
 
 
 def load(rel: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -27,3 +27,15 @@ def digits_data_dir(tmp_path_factory) -> str:
   tfds.builder("digits", data_dir=data_dir).download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def digits_seg_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir with the offline `digits_seg` dataset prepared (once per session)."""
+  import tensorflow_datasets as tfds
+  import afd_jax.datasets  # registers `digits_seg`
+
+  data_dir = str(tmp_path_factory.mktemp("tfds_seg"))
+  tfds.builder("digits_seg", data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir
