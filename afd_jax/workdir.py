@@ -25,7 +25,7 @@ BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices", "data.p
 # Fields added after workdirs were written: absent from an older config.json means these.
 ADDED_FIELDS = {"seeds": None, "vmap_seeds": False, "model.init": "",
                 "optim.head_lr_multiplier": 1.0, "schedule.power": 0.9,
-                "data.base_size": None}
+                "data.base_size": None, "method.batch_average": True}
 
 
 class ConfigMismatchError(ValueError):

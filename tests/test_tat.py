@@ -31,43 +31,14 @@ def np_global(q, k, v, t, temp=1.0):
   return np.mean((out - tok(t)) ** 2)
 
 
-def np_groups(x, n, m, groups):
-  """List over groups of (B, h·w, p·C), built patch by patch."""
-  b, hh, ww, c = x.shape
-  h, w, p = hh // n, ww // m, n * m // groups
-  out = []
-  for g in range(groups):
-    patches = []
-    for idx in range(g * p, (g + 1) * p):
-      r, col = divmod(idx, m)
-      patches.append(x[:, r * h:(r + 1) * h, col * w:(col + 1) * w, :].reshape(b, h * w, c))
-    out.append(np.concatenate(patches, axis=-1))
-  return out
-
-
-def np_patch_loss(q, k, v, t, n, m, groups, temp=1.0):
-  per_sample = []
-  for b in range(q.shape[0]):  # the release's per-sample loop
-    sq, cnt = 0.0, 0
-    for qg, kg, vg, tg in zip(*(np_groups(x[b:b + 1], n, m, groups) for x in (q, k, v, t))):
-      out = np_one_to_all(qg, kg, vg, temp)
-      sq, cnt = sq + np.sum((out - tg) ** 2), cnt + out.size
-    per_sample.append(sq / cnt)
-  return np.mean(per_sample)
-
-
 def np_anchor_pool(x, ah, aw):
   b, hh, ww, c = x.shape
-  kh, kw = max(1, hh // ah), max(1, ww // aw)
+  kh, kw = hh // ah, ww // aw
   out = np.zeros((b, hh // kh, ww // kw, c))
   for i in range(hh // kh):
     for j in range(ww // kw):
       out[:, i, j] = x[:, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw].mean(axis=(1, 2))
   return out
-
-
-def np_anchor_loss(q, k, v, t, ah, aw, temp=1.0):
-  return np_global(*(np_anchor_pool(x, ah, aw) for x in (q, k, v, t)), temp=temp)
 
 
 def np_conv(x, w):
@@ -115,49 +86,32 @@ def test_global_loss_value_and_gradient(which):
   fd_check(f, grad, args[which], seed=which)
 
 
-@pytest.mark.parametrize("which", [0, 1, 2])
-def test_patch_group_value_and_gradient(which):
-  rng = np.random.RandomState(2)
-  args = [rand(rng, 2, 9, 8, 3) for _ in range(4)]  # 9 rows: one leftover row dropped
-  grid, groups = (4, 2), 4                              # h = 2, w = 4, p = 2 patches/group
-  loss = lambda *a: tat.patch_group_loss(*a, grid=grid, groups=groups)  # noqa: E731
-  np.testing.assert_allclose(loss(*args), np_patch_loss(*map(np.float64, args), 4, 2, 4),
-                             rtol=1e-5)
-  grad = jax.grad(lambda x: loss(*args[:which], x, *args[which + 1:]))(args[which])
-
-  def f(x):
-    a = [np.float64(y) for y in args]
-    a[which] = x
-    return np_patch_loss(*a, 4, 2, 4)
-  fd_check(f, grad, args[which], seed=which)
-
-
-def test_patch_groups_layout():
-  rng = np.random.RandomState(3)
-  x = rand(rng, 2, 8, 6, 3)
-  got = tat.patch_groups(x, (4, 3), 6)
-  chex.assert_shape(got, (2, 6, 4, 6))
-  np.testing.assert_array_equal(np.asarray(got), np.stack(np_groups(x, 4, 3, 6), axis=1))
+# The hierarchical (segmentation-release) losses and module are specified against the
+# release's per-sample NumPy reference in tests/test_seg_methods.py.
 
 
 def test_patch_group_trivial_grid_is_the_global_operator():
   rng = np.random.RandomState(4)
   args = [rand(rng, 3, 4, 5, 6) for _ in range(4)]
-  np.testing.assert_allclose(tat.patch_group_loss(*args, grid=(1, 1), groups=1),
+  np.testing.assert_allclose(jnp.mean(tat.patch_group_loss(*args, grid=(1, 1), heads=1)),
                              tat.global_tat_loss(*args), rtol=1e-6)
 
 
-def test_patch_grid_that_does_not_fit_is_rejected():
-  with pytest.raises(ValueError, match="patch grid"):
-    tat.patch_groups(jnp.zeros((1, 4, 4, 2)), (8, 8), 4)
-  with pytest.raises(ValueError, match="patch grid"):
-    tat.patch_groups(jnp.zeros((1, 8, 8, 2)), (4, 4), 3)
+def test_hierarchical_grid_heads_and_anchors_that_do_not_fit_are_rejected():
+  with pytest.raises(ValueError, match=r"patch grid \(8, 8\).*4×4"):
+    tat.check_hierarchical((4, 4), 2, (8, 8), 4, (2, 2))
+  with pytest.raises(ValueError, match=r"heads=3 .*4×4 patches × 2 channels = 32"):
+    tat.check_hierarchical((8, 8), 2, (4, 4), 3, (2, 2))
+  with pytest.raises(ValueError, match=r"anchor grid \(8, 8\).*4×6"):
+    tat.check_hierarchical((4, 6), 2, (2, 2), 4, (8, 8))
+  with pytest.raises(ValueError, match="anchor grid"):
+    tat.anchor_pool(jnp.zeros((1, 4, 6, 2)), (8, 8))
 
 
 @pytest.mark.parametrize("hw, anchors, out_hw", [
     ((13, 10), (4, 3), (4, 3)),    # kernel (3, 3): 12×9 kept
     ((8, 8), (2, 2), (2, 2)),      # kernel (4, 4)
-    ((4, 6), (8, 8), (4, 6)),      # anchor grid finer than the map: kernel clamped to 1
+    ((4, 6), (4, 3), (4, 3)),      # kernel (1, 2)
     ((64, 64), (32, 32), (32, 32)),
 ])
 def test_anchor_pool_shapes_and_values(hw, anchors, out_hw):
@@ -166,22 +120,6 @@ def test_anchor_pool_shapes_and_values(hw, anchors, out_hw):
   got = tat.anchor_pool(x, anchors)
   chex.assert_shape(got, (2, *out_hw, 3))
   np.testing.assert_allclose(got, np_anchor_pool(x, *anchors), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("which", [0, 1, 2])
-def test_anchor_loss_value_and_gradient(which):
-  rng = np.random.RandomState(6)
-  args = [rand(rng, 2, 9, 8, 3, scale=1.0) for _ in range(4)]
-  loss = lambda *a: tat.anchor_point_loss(*a, anchors=(3, 2))  # noqa: E731
-  np.testing.assert_allclose(loss(*args), np_anchor_loss(*map(np.float64, args), 3, 2),
-                             rtol=1e-5)
-  grad = jax.grad(lambda x: loss(*args[:which], x, *args[which + 1:]))(args[which])
-
-  def f(x):
-    a = [np.float64(y) for y in args]
-    a[which] = x
-    return np_anchor_loss(*a, 3, 2)
-  fd_check(f, grad, args[which], seed=which)
 
 
 # ---- the module ---------------------------------------------------------------------
@@ -256,30 +194,6 @@ def test_global_module_pools_the_larger_map():
   np.testing.assert_allclose(metrics["tat"], ref, rtol=1e-4)
 
 
-def np_hier_module(p, s, t, grid, groups, anchors, beta, gamma):
-  emb = lambda x, n: np_bn(x @ p[f"{n}_conv"]["kernel"][0, 0],  # noqa: E731
-                           p[f"{n}_bn"]["scale"], p[f"{n}_bn"]["bias"])
-  q, k, v = emb(s, "query"), emb(t, "key"), emb(s, "value")
-  lp = np_patch_loss(q, k, v, t, *grid, groups)
-  la = np_anchor_loss(q, k, v, t, *anchors)
-  return lp, la, beta * lp + gamma * la
-
-
-def test_hierarchical_module_value_and_gradient():
-  fields = dict(mode="hierarchical", patch_grid=(2, 4), patch_groups=4, anchor_grid=(2, 2),
-                beta=1.0, gamma=0.5, weight=0.2)
-  d, variables, (s, t, sl, tl, y) = make(fields, (4, 8, 8, 6), (4, 8, 8, 5))
-  (loss, metrics), grad = jax.jit(jax.value_and_grad(
-      lambda x: apply_loss(d, variables, x, t, sl, tl, y), has_aux=True))(s)
-  p = np_params(variables)
-  ref = lambda x: np_hier_module(p, x, np.float64(t), (2, 4), 4, (2, 2), 1.0, 0.5)  # noqa
-  lp, la, l = ref(np.float64(s))
-  np.testing.assert_allclose(metrics["tat_patch"], lp, rtol=1e-4)
-  np.testing.assert_allclose(metrics["tat_anchor"], la, rtol=1e-4)
-  np.testing.assert_allclose(loss, np_ce(sl, y) + 0.2 * l, rtol=1e-4)  # CE 1, KD 0
-  fd_check(lambda x: 0.2 * ref(x)[2], grad, s, rtol=5e-3, atol=1e-6)
-
-
 def test_jit_nojit_and_eight_devices_agree():
   d, variables, args = make({}, (16, 4, 4, 6), (16, 4, 4, 5))
   assert_eager_jit_and_sharded_agree(lambda v, a: apply_loss(d, v, *a)[0], variables, args)
@@ -315,7 +229,7 @@ def test_hierarchical_grid_is_checked_at_build_time():
   student = info("s", stage3_out=(2, 8, 8, 64))
   teacher = info("t", stage3_out=(2, 8, 8, 64))
   cfg = ml_collections.ConfigDict(dict(name="tat", mode="hierarchical"))  # 16×16 grid
-  with pytest.raises(ValueError, match="patch grid"):
+  with pytest.raises(ValueError, match=r"patch grid \(16, 16\).*8×8 map with 64 channels"):
     build_method(cfg, student=student, teacher=teacher)
   with pytest.raises(ValueError, match="unknown mode"):
     build_method(ml_collections.ConfigDict(dict(name="tat", mode="local")),

@@ -42,7 +42,8 @@ def test_teacher_run_writes_checkpoints_logs_and_config(teacher_dir):
   assert os.listdir(os.path.join(teacher_dir, "tensorboard"))
   with open(os.path.join(teacher_dir, "config.json")) as f:
     written = json.load(f)
-  assert written["model"]["name"] == "resnet8" and written["method"] == {"name": "none"}
+  assert written["model"]["name"] == "resnet8"
+  assert written["method"] == {"name": "none", "batch_average": True}
   with open(os.path.join(teacher_dir, "result.json")) as f:
     assert 0.0 <= json.load(f)["top1"] <= 100.0
 

@@ -35,7 +35,11 @@ that a teacher is given if the method needs one, and calls the builder. So switc
 * ``needs_index``: the module's ``__call__`` also takes ``index=`` (B,) int32, the
   examples' positions in the training split (CRD's memory bank); such a method's builder
   is registered with ``needs_labels=True`` and receives ``train_labels``, the (N,) labels
-  of the training split in that order.
+  of the training split in that order;
+* ``teacher_train_mode``: the loop runs the teacher's forward of a train step in train
+  mode (batch-statistics BatchNorm, active dropout; the updated running statistics are
+  discarded, the teacher's variables never change), as the TaT segmentation release's
+  ``t_net.train()``; False (default): eval mode.
 """
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ import flax.linen as nn
 
 # Re-exported: the shared pieces every method module imports from here.
 from afd_jax.methods.losses import (  # noqa: F401
-    cross_entropy, epoch_warmup, kd_loss, logit_terms, train_step_count, unshard_batch)
+    cross_entropy, epoch_warmup, kd_loss, logit_terms, segmentation_cross_entropy,
+    train_step_count, unshard_batch)
 from afd_jax.methods.selection import (  # noqa: F401
     FeatureInfo, PairingError, last_stage, paired_stages, require_features,
     stage_features)
@@ -86,6 +91,7 @@ class Distiller:
   eval_hooks: tuple[Callable[..., None], ...] = ()
   init_phase: InitPhase | None = None
   needs_index: bool = False
+  teacher_train_mode: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,15 @@ from afd_jax.methods.base import Distiller, LogitTerms, logit_terms, register
 
 @dataclasses.dataclass(frozen=True)
 class NoneConfig:
-  """Plain cross-entropy: no hyperparameters."""
+  """Plain cross-entropy.
+
+  Attributes:
+    batch_average: per-pixel (segmentation) logits only: the valid-pixel mean CE divided
+      once more by the batch size, as every trainer of the TaT segmentation release and
+      jfzhang95's DeepLab (``utils/loss.py``: ``SegmentationLosses(batch_average=True)``)
+      trains its teachers and student baselines. Class logits: no effect.
+  """
+  batch_average: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,21 +35,26 @@ class LogitObjective(nn.Module):
 
   Attributes:
     hp: the weights (a `LogitTerms`).
+    batch_average: per-pixel CE divided by the batch size (`losses.logit_terms`).
   """
   hp: LogitTerms
+  batch_average: bool = False
 
   @nn.compact
   def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
-    """Returns (loss, metrics); s_logits/t_logits (B, K), labels (B,)."""
+    """Returns (loss, metrics); s_logits/t_logits (B, K) with labels (B,), or per-pixel
+    (B, H, W, K) with labels (B, H, W) (255 = ignore)."""
     del s_feats, t_feats, train
-    return logit_terms(self.hp, s_logits, t_logits, labels)
+    return logit_terms(self.hp, s_logits, t_logits, labels,
+                       batch_average=self.batch_average)
 
 
 @register("none", NoneConfig, needs_teacher=False)
 def build_none(hp, *, student, teacher, steps_per_epoch):
   """Plain cross-entropy training (teachers and student baselines); ignores any teacher."""
-  del hp, student, teacher, steps_per_epoch
-  return Distiller("none", LogitObjective(LogitTerms()), needs_teacher=False)
+  del student, teacher, steps_per_epoch
+  return Distiller("none", LogitObjective(LogitTerms(), hp.batch_average),
+                   needs_teacher=False)
 
 
 @register("kd", Config)
