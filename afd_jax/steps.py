@@ -14,7 +14,8 @@ import optax
 from afd_jax import models
 
 
-def forward(model: nn.Module, variables, images: jax.Array, *, train: bool, rngs=None):
+def forward(model: nn.Module, variables, images: jax.Array, *, train: bool, rngs=None,
+            features: bool = True):
   """One forward pass that also returns the sown features.
 
   Args:
@@ -22,14 +23,22 @@ def forward(model: nn.Module, variables, images: jax.Array, *, train: bool, rngs
     variables: its ``{'params', 'batch_stats'}``.
     images: (B, H, W, 3).
     train: batch statistics (and their update) if True, running averages otherwise.
+    rngs: ``{'dropout': key}`` for models with dropout in train mode.
+    features: whether the features are wanted; False runs the model's plain forward
+      (a DeepLabV3+ then follows the release's ``forward``, with ASPP dropout, instead of
+      its ``extract_feature``; the zoo's classifiers compute the same either way).
 
   Returns:
-    ``(logits (B, K), features {name: (B, h, w, c)} in depth order, new batch_stats or
-    None when not training)``.
+    ``(logits (B, K) or (B, H, W, K), features {name: (B, h, w, c)} in depth order ({}
+    without `features`), new batch_stats or None when not training)``.
   """
-  mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
-  logits, mut = model.apply(variables, images, train=train, mutable=mutable, rngs=rngs)
-  return logits, models.feature_list(mut["intermediates"]), mut.get("batch_stats")
+  mutable = (["intermediates"] if features else []) + (["batch_stats"] if train else [])
+  if mutable:
+    logits, mut = model.apply(variables, images, train=train, mutable=mutable, rngs=rngs)
+  else:
+    logits, mut = model.apply(variables, images, train=train, rngs=rngs), {}
+  return (logits, models.feature_list(mut.get("intermediates", {})),
+          mut.get("batch_stats"))
 
 
 def select(features: dict[str, jax.Array], names) -> list[jax.Array]:
@@ -112,7 +121,8 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
     s_logits, s_feats, s_stats = forward(
         nets.student, {"params": params["student"],
                        "batch_stats": state.batch_stats["student"]},
-        images, train=student_train, rngs=rngs)
+        images, train=student_train, rngs=rngs,
+        features=bool(nets.distiller.student_features))
     (loss, metrics), m_mut = method_objective(
         nets, state, params, select(s_feats, nets.distiller.student_features), t_feats,
         s_logits, t_logits, labels, train=True, mutable=["batch_stats", "method_state"],

@@ -55,7 +55,8 @@ def feature_shapes(model: nn.Module, image_size: int, batch: int = 2) -> dict[st
   x = dummy_batch(image_size, batch)
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.PRNGKey(0), x)
-  _, feats, _ = jax.eval_shape(functools.partial(steps.forward, model, train=True),
+  _, feats, _ = jax.eval_shape(functools.partial(steps.forward, model, train=True,
+                                                 rngs={"dropout": jax.random.PRNGKey(0)}),
                                variables, x)
   return {k: tuple(v.shape) for k, v in feats.items()}
 
@@ -98,7 +99,9 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int,
   size = config.data.image_size
   for name, model in ((config.model.name, student), (config.teacher.name, teacher)):
     if model is not None and not _fits(model, size):
-      smallest = next(s for s in range(1, 1025) if _fits(model, s))
+      smallest = next((s for s in range(1, 1025) if _fits(model, s)), None)
+      if smallest is None:  # not a size problem: the model's own error
+        feature_shapes(model, size)
       raise ValueError(f"config.data.image_size={size} is too small for model {name!r}: "
                        f"its feature maps shrink to nothing; accepted: >= {smallest}")
   s_info = methods.FeatureInfo(config.model.name, feature_shapes(student, size))
@@ -129,7 +132,8 @@ def create(nets: Networks, rng: jax.Array, image_size: int) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   s_rng, m_rng = jax.random.split(rbg_key(init_rng))
   s_vars = nets.student.init(s_rng, x, train=False)
-  s_logits, s_feats, _ = steps.forward(nets.student, s_vars, x, train=True)
+  s_logits, s_feats, _ = steps.forward(nets.student, s_vars, x, train=True,
+                                       rngs={"dropout": init_rng})
   if nets.teacher is not None:
     t_vars = abstract_teacher_variables(nets, image_size)
     t_logits, t_feats = jax.tree.map(

@@ -18,6 +18,16 @@ Every zoo model with a PyTorch original maps one-to-one onto that original's
   ``blocks.{row}.{k}.conv.{0,1,3,4,6,7}``, ``conv2.{0,1}``, ``classifier.0``);
 * ``ShuffleV1``, ``ShuffleV2``: RepDistiller ``ShuffleNetv1.py``/``v2.py``
   (``conv1``, ``bn1``, ``layer{i}.{j}.*``, [``conv2``, ``bn2``], ``linear``).
+* ``deeplabv3p_{resnet101,resnet18,mobilenetv2}``: the TaT segmentation release =
+  jfzhang95/pytorch-deeplab-xception ``DeepLab`` (``backbone.conv1``,
+  ``backbone.layer{i}.{j}.*`` or ``backbone.features.{i}.conv.{j}``, ``aspp.aspp{k}.
+  {atrous_conv,bn}``, ``aspp.global_avg_pool.{1,2}``, ``aspp.{conv1,bn1}``,
+  ``decoder.{conv1,bn1}``, ``decoder.last_conv.{0,1,4,5,8}``), its checkpoints
+  ``{'state_dict': ...}``. The MobileNet backbone's tensors are listed twice there (also
+  under ``backbone.{low,high}_level_features``): both are written, either is read.
+
+`init_from_checkpoint` fills part of a model from a checkpoint of another layout: the
+release's ImageNet backbones (torchvision ResNets, the MobileNetV2 file) into a DeepLab.
 
 Tensors convert as: conv weight (O, I/g, kh, kw) <-> kernel (kh, kw, I/g, O); linear
 weight (O, I) <-> kernel (I, O); BN ``weight``/``bias``/``running_mean``/``running_var``
@@ -78,10 +88,12 @@ def variables_to_state_dict(model_name: str, variables: Mapping[str, Any],
     value = variables[collection]
     for p in path:
       value = value[p]
-    state[key] = np.ascontiguousarray(to_torch(np.asarray(value, np.float32)))
-    if path[-1] == "mean":
-      state[key[:-len("running_mean")] + _BN_COUNTER] = np.asarray(num_batches_tracked,
-                                                                   np.int64)
+    tensor = np.ascontiguousarray(to_torch(np.asarray(value, np.float32)))
+    for k in (key, *torch_layouts.aliases(model_name, key)):
+      state[k] = tensor
+      if path[-1] == "mean":
+        state[k[:-len("running_mean")] + _BN_COUNTER] = np.asarray(num_batches_tracked,
+                                                                     np.int64)
   return state
 
 
@@ -105,16 +117,21 @@ def state_dict_to_variables(model_name: str, state_dict: Mapping[str, Any],
   """
   abstract = abstract_variables(model_name, num_classes, **model_kwargs)
   layout = torch_layouts.layout(model_name, abstract)
-  expected = {key for _, _, key, _, _, _ in layout}
-  bn_prefixes = {key[:-len("running_mean")] for _, p, key, _, _, _ in layout
-                 if p[-1] == "mean"}
+  # A tensor the original lists twice (`torch_layouts.aliases`) may come under either key.
+  names = {key: (key, *torch_layouts.aliases(model_name, key))
+           for _, _, key, _, _, _ in layout}
+  expected = {k for ks in names.values() for k in ks}
+  bn_prefixes = {k[:-len("running_mean")] for _, p, key, _, _, _ in layout
+                 if p[-1] == "mean" for k in names[key]}
   problems = []
   for _, _, key, shape, _, _ in layout:
-    if key not in state_dict:
+    present = [k for k in names[key] if k in state_dict]
+    if not present:
       problems.append(f"missing key {key!r} (model expects shape {shape})")
-    elif tuple(np.shape(state_dict[key])) != shape:
-      problems.append(f"key {key!r} has shape {tuple(np.shape(state_dict[key]))} in the "
-                      f"checkpoint, model expects {shape}")
+    for k in present:
+      if tuple(np.shape(state_dict[k])) != shape:
+        problems.append(f"key {k!r} has shape {tuple(np.shape(state_dict[k]))} in the "
+                        f"checkpoint, model expects {shape}")
   for key in state_dict:
     counter = key.endswith(_BN_COUNTER) and key[:-len(_BN_COUNTER)] in bn_prefixes
     if key not in expected and not counter:
@@ -132,8 +149,89 @@ def state_dict_to_variables(model_name: str, state_dict: Mapping[str, Any],
     node = out[collection]
     for p in path[:-1]:
       node = node.setdefault(p, {})
-    node[path[-1]] = jnp.asarray(to_jax(_to_numpy(state_dict[key])), jnp.float32)
+    value = next(state_dict[k] for k in names[key] if k in state_dict)
+    node[path[-1]] = jnp.asarray(to_jax(_to_numpy(value)), jnp.float32)
   return out
+
+
+def init_from_checkpoint(model_name: str, variables: Mapping[str, Any],
+                         path_or_state_dict: str | Mapping[str, Any], num_classes: int
+                         ) -> tuple[dict[str, Any], list[str]]:
+  """Overwrites the tensors of ``variables`` that a PyTorch checkpoint holds.
+
+  The checkpoint is read in the layout (`torch_layouts.checkpoint_keys`) that holds most
+  of the model's tensors: the model's own original (a full jfzhang95 DeepLab state_dict;
+  torchvision's ``resnet18`` for ``resnet18_imagenet``) or, for the DeepLabV3+ backbones,
+  the ImageNet checkpoint the release starts from: torchvision's ``resnet18``/
+  ``resnet101`` for ``deeplabv3p_resnet18``/``_resnet101``, the release's
+  ``mobilenet_v2-6a65762b.pth`` or torchvision's ``mobilenet_v2`` for
+  ``deeplabv3p_mobilenetv2``. As the release's ``_load_pretrained_model``, checkpoint
+  entries the model has no place for (``fc.*``, ``classifier.*``) are ignored and the
+  model's tensors the checkpoint lacks (ASPP, decoder) keep their values.
+
+  Args:
+    model_name: the model ``variables`` belong to.
+    variables: its ``{'params', 'batch_stats'}`` (e.g. a fresh init).
+    path_or_state_dict: a ``.pth`` file (bare state_dict or one under
+      `STATE_DICT_KEYS`) or a ``{key: array or tensor}`` mapping.
+    num_classes: the model's classifier outputs (for error messages).
+
+  Returns:
+    ``(new_variables, set_keys)``: float32 jnp ``{'params', 'batch_stats'}`` with the
+    checkpoint's tensors in place, and the model's own ``state_dict`` keys of the tensors
+    that were set (e.g. ``'backbone.layer1.0.conv1.weight'``), in layout order.
+
+  Raises:
+    TorchCheckpointError: a tensor has another shape in the checkpoint than in the model
+      (names every such key), or the checkpoint fills nothing.
+  """
+  if isinstance(path_or_state_dict, str):
+    state, source = load_state_dict(path_or_state_dict), path_or_state_dict
+  else:
+    state, source = extract_state_dict(path_or_state_dict), "state_dict"
+  out = {c: _float32_copy(variables[c]) for c in ("params", "batch_stats")}
+  layout = torch_layouts.layout(model_name, out)
+  sources = []  # per leaf: {checkpoint layout: the key it holds the tensor under}
+  for _, _, key, _, _, _ in layout:
+    sources.append({name: next((k for k in keys if k in state), None) for name, keys
+                    in torch_layouts.checkpoint_keys(model_name, key).items()})
+  hits = {}
+  for found in sources:
+    for name, k in found.items():
+      hits[name] = hits.get(name, 0) + (k is not None)
+  best = max(hits, key=hits.get)  # ties: the model's own layout (listed first)
+  if not hits[best]:
+    sample = ", ".join(repr(k) for k in list(state)[:_MAX_PROBLEMS_SHOWN])
+    raise TorchCheckpointError(
+        f"{source} fills no tensor of model {model_name!r}: none of its keys ({sample}, "
+        f"...) is a key of the model or of its ImageNet backbone checkpoint.")
+  set_keys, problems = [], []
+  for (collection, path, key, shape, _, to_jax), found in zip(layout, sources):
+    k = found.get(best)
+    if k is None:
+      continue
+    if tuple(np.shape(state[k])) != shape:
+      problems.append(f"key {k!r} has shape {tuple(np.shape(state[k]))} in the "
+                      f"checkpoint, model expects {shape} (as {key!r})")
+      continue
+    node = out[collection]
+    for p in path[:-1]:
+      node = node[p]
+    node[path[-1]] = jnp.asarray(to_jax(_to_numpy(state[k])), jnp.float32)
+    set_keys.append(key)
+  if problems:
+    shown = "; ".join(problems[:_MAX_PROBLEMS_SHOWN])
+    more = len(problems) - _MAX_PROBLEMS_SHOWN
+    raise TorchCheckpointError(
+        f"{source} does not fit model {model_name!r} (num_classes={num_classes}) in "
+        f"its {best!r} layout: {shown}{f'; and {more} more' if more > 0 else ''}.")
+  return out, set_keys
+
+
+def _float32_copy(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Nested plain dicts of float32 jnp arrays (assignable, whatever mapping came in)."""
+  return {k: _float32_copy(v) if isinstance(v, Mapping) else jnp.asarray(v, jnp.float32)
+          for k, v in tree.items()}
 
 
 def _to_numpy(value: Any) -> np.ndarray:

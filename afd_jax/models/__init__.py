@@ -1,4 +1,4 @@
-"""Model zoo: the CIFAR knowledge-distillation architectures and torchvision ResNets.
+"""Model zoo: the CIFAR KD architectures, torchvision ResNets and DeepLabV3+.
 
 ``get_model(name, num_classes)`` builds a Flax module with ``__call__(x, train)`` mapping
 NHWC images (B, H, W, 3) to float32 logits (B, num_classes) and sowing its features into
@@ -15,6 +15,13 @@ Families and their stages (each module docstring has the details):
 * ``vgg8 .. vgg19`` (`vgg.py`, all with BN): 5 stages = the conv groups, no stem.
 * ``MobileNetV2`` (`mobilenet_v2.py`, width 0.5): 4 stages as CRD's feature taps.
 * ``ShuffleV1``, ``ShuffleV2`` (`shufflenet.py`): 3 stages.
+
+Segmentation (``is_segmentation(name)``): ``deeplabv3p_resnet101`` (teacher),
+``deeplabv3p_resnet18``, ``deeplabv3p_mobilenetv2`` (`deeplab.py`, the TaT segmentation
+release's DeepLabV3+ at output stride 16) map (B, H, W, 3) to per-pixel float32 logits
+(B, H, W, num_classes) and sow ``stage1..4.out``, ``aspp``, ``decoder``;
+`deeplab.head_param_filter` splits their params into backbone (1x lr) and ASPP + decoder
+(10x lr).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from afd_jax.models import deeplab
 from afd_jax.models.features import feature_list
 from afd_jax.models.mobilenet_v2 import MobileNetV2
 from afd_jax.models.resnet import cifar_resnet, resnet
@@ -31,7 +39,7 @@ from afd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from afd_jax.models.vgg import vgg
 from afd_jax.models.wide_resnet import WideResNet
 
-__all__ = ["MODEL_NAMES", "feature_list", "get_model"]
+__all__ = ["MODEL_NAMES", "feature_list", "get_model", "is_segmentation"]
 
 _p = functools.partial
 # Each constructor takes (num_classes, dtype=..., **model-specific attributes).
@@ -51,7 +59,12 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet18_imagenet": _p(resnet, 18, imagenet=True),
     "resnet34_imagenet": _p(resnet, 34, imagenet=True),
     "resnet50_imagenet": _p(resnet, 50, imagenet=True),
+    "deeplabv3p_resnet101": _p(deeplab.deeplabv3p, "resnet101"),
+    "deeplabv3p_resnet18": _p(deeplab.deeplabv3p, "resnet18"),
+    "deeplabv3p_mobilenetv2": _p(deeplab.deeplabv3p, "mobilenetv2"),
 }
+_SEGMENTATION = frozenset(("deeplabv3p_resnet101", "deeplabv3p_resnet18",
+                           "deeplabv3p_mobilenetv2"))
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -62,14 +75,15 @@ def get_model(name: str, num_classes: int, dtype: Any = jnp.float32,
 
   Args:
     name: one of `MODEL_NAMES` (case-sensitive, e.g. ``'resnet20'``, ``'wrn_40_2'``,
-      ``'MobileNetV2'``, ``'resnet18_imagenet'``).
-    num_classes: classifier outputs.
+      ``'MobileNetV2'``, ``'resnet18_imagenet'``, ``'deeplabv3p_resnet101'``).
+    num_classes: classifier outputs (classes per pixel for segmentation models).
     dtype: computation dtype; parameters stay float32 and logits are float32.
     **kwargs: model-specific attributes, e.g. ``bn1_twice=True`` for a WRN (the AFD
       release's BatchNorm running statistics, see `wide_resnet.py`).
 
   Returns:
-    a module applied as ``model.apply(variables, x, train=...)`` with x (B, H, W, 3).
+    a module applied as ``model.apply(variables, x, train=...)`` with x (B, H, W, 3),
+    giving logits (B, num_classes), or (B, H, W, num_classes) if `is_segmentation`.
 
   Raises:
     ValueError: for an unknown name; the message lists the accepted names.
@@ -78,3 +92,8 @@ def get_model(name: str, num_classes: int, dtype: Any = jnp.float32,
     raise ValueError(
         f"Unknown model name {name!r}; accepted names: {', '.join(MODEL_NAMES)}.")
   return _REGISTRY[name](num_classes, dtype=dtype, **kwargs)
+
+
+def is_segmentation(name: str) -> bool:
+  """Whether model ``name`` is a segmentation model (per-pixel logits (B, H, W, K))."""
+  return name in _SEGMENTATION

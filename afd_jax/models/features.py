@@ -11,9 +11,13 @@ module* (so the collection is flat), under these names (stages and blocks are 1-
 * ``stage{i}.preact``         -- output of stage i before its final activation.
 * ``stage{i}.out``            -- output of stage i after activation: the feature that
                                  stage-level methods use (for WRN: the next block's
-                                 ``act_in``, or ``final.act`` for the last stage).
+                                 ``act_in``, or ``final.act`` for the last stage;
+                                 for DeepLabV3+: the release's taps, see `deeplab.py`).
 * ``final.act``               -- pre-activation networks only: ``relu(bn(out))``.
 * ``pooled``                  -- the pooled embedding fed to the classifier, (B, C).
+* ``aspp``, ``decoder``       -- segmentation models only (`deeplab.py`): the ASPP's and
+                                 the decoder's fused feature maps, after every backbone
+                                 stage; ``decoder`` is the last feature of all.
 
 ``feature_list`` turns the sown collection into an ordered dict (network depth order),
 which survives `jit` (jit sorts dict keys alphabetically, so order is re-derived from the
@@ -38,6 +42,10 @@ def feature_order_key(name: str) -> tuple[int, int, int]:
     return (_BIG, 0, 0)
   if name == "pooled":
     return (_BIG, 1, 0)
+  if name == "aspp":
+    return (_BIG, 2, 0)
+  if name == "decoder":
+    return (_BIG, 3, 0)
   m = _BLOCK.match(name)
   if m:
     stage, block, act_in = int(m.group(1)), int(m.group(2)), m.group(3)
@@ -48,7 +56,7 @@ def feature_order_key(name: str) -> tuple[int, int, int]:
   raise ValueError(
       f"Unknown feature name {name!r}; expected 'stem', 'stage<i>.block<j>', "
       "'stage<i>.block<j>.act_in', 'stage<i>.preact', 'stage<i>.bn_preact', "
-      "'stage<i>.out', 'final.act' or 'pooled'.")
+      "'stage<i>.out', 'final.act', 'pooled', 'aspp' or 'decoder'.")
 
 
 def feature_list(intermediates: Mapping[str, Any]) -> dict[str, Any]:
