@@ -23,8 +23,8 @@ import ml_collections
 import tqdm
 
 from afd_jax import (analysis, checkpointing, device_data, evaluation, init_phase,
-                     methods, metric_writer, multi_step, parallel, pretrained, steps,
-                     train_state)
+                     methods, metric_writer, models, multi_step, parallel, pretrained,
+                     steps, train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import segmentation
 from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
@@ -93,6 +93,16 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   from afd_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   dataset = input_pipeline.Dataset(config.data)
   config.data.image_size = dataset.info.image_size
+  segmentation_data = getattr(dataset.info, "task", "classification") == "segmentation"
+  for role, name in (("model", config.model.name), ("teacher", config.teacher.name)):
+    if name and models.is_segmentation(name) != segmentation_data:
+      raise ValueError(
+          f"config.{role}.name={name!r} is a "
+          f"{'segmentation' if models.is_segmentation(name) else 'classification'} model "
+          f"but dataset {config.data.name!r} is a "
+          f"{'segmentation' if segmentation_data else 'classification'} dataset; accepted: "
+          + ("the deeplabv3p_* models" if segmentation_data else
+             "the classification zoo (not deeplabv3p_*)"))
   sampler = train_data = None
   if device_data.choose_pipeline(config.data, dataset) == "device":
     sampler, train_data = device_data.load(dataset, mesh, config.batch_size)

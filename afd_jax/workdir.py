@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from afd_jax import methods, multi_step
+from afd_jax import methods, models, multi_step
 
 CONFIG_FILE, HISTORY_FILE, RESULT_FILE = "config.json", "config_history.jsonl", "result.json"
 # Fields that change what is logged or when the run stops, never what it computes.
@@ -145,6 +145,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       and not config.teacher.checkpoint and not config.teacher.get("random_init")):
     raise ValueError(f"config.teacher.checkpoint is empty but method "
                      f"{config.method.name!r} distils from teacher {config.teacher.name!r}")
+  if config.get("seeds") and models.is_segmentation(config.model.name):
+    raise ValueError(f"config.seeds={tuple(config.seeds)} is not supported for segmentation "
+                     f"model {config.model.name!r} yet; accepted: None (run one workdir "
+                     "per seed with config.seed)")
   if config.model.get("init"):
     from afd_jax import pretrained  # pylint: disable=g-import-not-at-top
     pretrained.check_init_path(config.model.init)

@@ -189,3 +189,16 @@ def test_head_multiplier_on_a_model_without_head_is_a_clear_error():
   c.model.init = "pretrained/no-such-file.pth"
   with pytest.raises(ValueError, match="no-such-file.pth"):
     train.validate_config(c, 1)
+
+
+def test_task_mismatch_and_seeds_are_clear_errors(digits_data_dir, tmp_path):
+  c = load("voc/teacher.py", "model=resnet18,runlocal")
+  c.data.update(dict(name="digits", data_dir=digits_data_dir, image_size=32))
+  c.num_devices = 1
+  with pytest.raises(ValueError, match=r"model.name='deeplabv3p_resnet18' is a "
+                     r"segmentation model but dataset 'digits' is a classification"):
+    train.train_and_evaluate(c, str(tmp_path / "a"))
+  c = load("voc/teacher.py", "model=resnet18,runlocal")
+  c.seeds = (0, 1)
+  with pytest.raises(ValueError, match=r"config.seeds=\(0, 1\) is not supported"):
+    train.validate_config(c, 1)
