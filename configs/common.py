@@ -288,3 +288,36 @@ def seg_distill_config(dataset: str, method: str, arg: str | None,
   c.teacher.update(dict(name=SEG_TEACHER, checkpoint=f"runs/{dataset}/{SEG_TEACHER}"))
   c.method = ml_collections.ConfigDict(dict(name=method, **recipe(a, c)))
   return seg_runlocal(c) if a.runlocal else c
+
+
+def teacher_student_suite(teacher_run: ml_collections.ConfigDict,
+                          student_run: Callable[[], ml_collections.ConfigDict],
+                          teacher: str, methods: str,
+                          method_fields: dict[str, dict] | None = None
+                          ) -> ml_collections.ConfigDict:
+  """A suite (`afd_jax.suite`): the teacher, the student alone, then one student per
+  method distilled from that teacher (trained first, in ``<workdir>/teacher``).
+
+  Args:
+    teacher_run: the teacher's config.
+    student_run: makes a fresh student config.
+    teacher: the teacher's model name.
+    methods: '+'-separated method names.
+    method_fields: per method, fields that differ from its defaults.
+  """
+  c = ml_collections.ConfigDict()
+  c.seeds = (0,)
+  c.single_seed_runs = ("teacher",)
+  c.runs = ml_collections.ConfigDict()
+  c.runs.teacher = teacher_run
+  c.runs.student = student_run()
+  order = ["teacher", "student"]
+  for name in filter(None, methods.split("+")):
+    run = student_run()
+    run.teacher.update(dict(name=teacher, checkpoint="{workdir}/teacher", random_init=False))
+    run.method = ml_collections.ConfigDict(dict(name=name,
+                                                **(method_fields or {}).get(name, {})))
+    c.runs[f"student_{name}"] = run
+    order.append(f"student_{name}")
+  c.run_order = tuple(order)
+  return c

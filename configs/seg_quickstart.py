@@ -40,19 +40,6 @@ def _run(model: str, epochs: int, num_train_examples, runlocal: bool):
 def get_config(arg=None) -> ml_collections.ConfigDict:
   """Suite config; ``methods`` is a '+'-separated list of method names."""
   a = common.parse_arg(arg, methods="tat")
-  c = ml_collections.ConfigDict()
-  c.seeds = (0,)
-  c.single_seed_runs = ("teacher",)
-  c.runs = ml_collections.ConfigDict()
-  c.runs.teacher = _run(TEACHER, 6, None, a.runlocal)
-  c.runs.student = _run(STUDENT, 12, 300, a.runlocal)
-  order = ["teacher", "student"]
-  for name in filter(None, a.methods.split("+")):
-    run = _run(STUDENT, 12, 300, a.runlocal)
-    run.teacher.update(dict(name=TEACHER, checkpoint="{workdir}/teacher", random_init=False))
-    run.method = ml_collections.ConfigDict(dict(name=name, **(TAT_FIELDS if name == "tat"
-                                                              else {})))
-    c.runs[f"student_{name}"] = run
-    order.append(f"student_{name}")
-  c.run_order = tuple(order)
-  return c
+  return common.teacher_student_suite(
+      _run(TEACHER, 6, None, a.runlocal), lambda: _run(STUDENT, 12, 300, a.runlocal),
+      TEACHER, a.methods, {"tat": TAT_FIELDS})
