@@ -170,3 +170,23 @@ def test_afd_run_logs_and_plots_its_links(digits_data_dir, teacher_dir, tmp_path
   att = np.load(str(tmp_path / "links.npy"))
   assert att.shape == (3, 3)  # resnet8: 3 blocks on each side
   np.testing.assert_allclose(att.sum(axis=1), 1.0, rtol=1e-5)  # softmax over students
+
+
+def test_model_init_starts_the_student_from_a_run_and_only_a_fresh_start(
+    digits_data_dir, teacher_dir, tmp_path):
+  """``config.model.init``: the student's first state is the given run's weights."""
+  c = tiny_config(digits_data_dir, max_steps=1)
+  c.model.init = teacher_dir
+  run = train.open_run(c, str(tmp_path / "init"))
+  try:
+    want = checkpointing.load_teacher_variables(
+        teacher_dir, jax.eval_shape(lambda: train_state.student_variables(run.state)),
+        "resnet8")
+    chex.assert_trees_all_close(train_state.student_variables(run.state), want)
+    assert int(run.state.step) == 0
+  finally:
+    run.ckpts.close()
+  c.model.init = str(tmp_path / "missing")
+  with pytest.raises(ValueError, match="config.model.init=.*missing.*neither"):
+    train.train_and_evaluate(c, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")  # refused before the workdir was claimed
