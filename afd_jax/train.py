@@ -78,21 +78,15 @@ class Run:
     self.saved_seconds = meta["train_seconds"]
 
 
-def open_run(config: ml_collections.ConfigDict, workdir: str,
-             require_checkpoint: bool = False, create=train_state.create) -> Run:
-  """Opens `workdir` for `config`: its newest checkpoint, else ``create(nets, key, size)``.
+def open_dataset(config: ml_collections.ConfigDict):
+  """The run's `input_pipeline.Dataset`, checked against the models' task.
 
   Raises:
-    ValueError / DatasetNotAvailableError: an invalid config or missing dataset.
-    checkpointing.CheckpointError: a corrupt checkpoint or teacher, or none with
-      `require_checkpoint`.
+    ValueError / DatasetNotAvailableError: an unknown or missing dataset, or a
+      segmentation model on a classification dataset (or the reverse).
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  mesh = parallel.make_mesh(config.num_devices)
-  validate_config(config, mesh.size)
   from afd_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   dataset = input_pipeline.Dataset(config.data)
-  config.data.image_size = dataset.info.image_size
   segmentation_data = getattr(dataset.info, "task", "classification") == "segmentation"
   for role, name in (("model", config.model.name), ("teacher", config.teacher.name)):
     if name and models.is_segmentation(name) != segmentation_data:
@@ -103,6 +97,26 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
           f"{'segmentation' if segmentation_data else 'classification'} dataset; accepted: "
           + ("the deeplabv3p_* models" if segmentation_data else
              "the classification zoo (not deeplabv3p_*)"))
+  return dataset
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str,
+             require_checkpoint: bool = False, create=train_state.create,
+             dataset=None) -> Run:
+  """Opens `workdir` for `config`: its newest checkpoint, else ``create(nets, key, size)``.
+
+  `dataset`: the run's dataset if already opened (`open_dataset`).
+
+  Raises:
+    ValueError / DatasetNotAvailableError: an invalid config or missing dataset.
+    checkpointing.CheckpointError: a corrupt checkpoint or teacher, or none with
+      `require_checkpoint`.
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  mesh = parallel.make_mesh(config.num_devices)
+  validate_config(config, mesh.size)
+  dataset = dataset or open_dataset(config)
+  config.data.image_size = dataset.info.image_size
   sampler = train_data = None
   if device_data.choose_pipeline(config.data, dataset) == "device":
     sampler, train_data = device_data.load(dataset, mesh, config.batch_size)
@@ -220,9 +234,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   path = os.path.abspath(os.path.expanduser(workdir))
   chief = parallel.is_chief()
   validate_config(config, parallel.make_mesh(config.num_devices).size)
+  dataset = open_dataset(config)  # a missing or mismatched dataset: nothing written yet
   workdir_lib.check_config(path, config, checkpointing.latest_step(path),
                            allow_config_change, write=chief)
-  run = open_run(config, path)
+  run = open_run(config, path, dataset=dataset)
   if run.nets.distiller.init_phase is not None and "epoch" not in run.meta:
     run.state = init_phase.run(run)  # two-stage methods: phase 1
   cfg, nets, spe = run.config, run.nets, run.steps_per_epoch

@@ -4,6 +4,7 @@ shapes), each method's whole train step traced once (``eval_shape``: no compile)
 optimizer's 1×/10× groups against torch's SGD rule.
 """
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -198,7 +199,20 @@ def test_task_mismatch_and_seeds_are_clear_errors(digits_data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"model.name='deeplabv3p_resnet18' is a "
                      r"segmentation model but dataset 'digits' is a classification"):
     train.train_and_evaluate(c, str(tmp_path / "a"))
+  assert not os.path.exists(tmp_path / "a")  # refused before the workdir was claimed
   c = load("voc/teacher.py", "model=resnet18,runlocal")
   c.seeds = (0, 1)
   with pytest.raises(ValueError, match=r"config.seeds=\(0, 1\) is not supported"):
     train.validate_config(c, 1)
+
+
+def test_missing_voc_archives_are_one_clear_error_and_nothing_is_written(tmp_path):
+  from afd_jax.datasets.availability import DatasetNotAvailableError
+  c = load("voc/tat.py", "student=resnet18")
+  c.update(dict(num_devices=8, batch_size=16))
+  c.model.init = ""
+  c.data.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(DatasetNotAvailableError,
+                     match=r"'voc_aug'.*VOCtrainval_11-May-2012.tar.*downloads/manual"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
