@@ -22,17 +22,23 @@ def np_kd(s, t, temp):
 
 
 def fd_check(f_np, grad_jax, x, n=6, eps=1e-5, seed=0, rtol=5e-3, atol=1e-7):
-  """Central differences of the float64 NumPy `f_np` at n sampled coordinates of x,
-  compared with the implementation's gradient `grad_jax` there."""
+  """Central differences of the float64 NumPy `f_np` at coordinates of x, compared with
+  the implementation's gradient `grad_jax` there.
+
+  n: how many coordinates, sampled without replacement; None: every coordinate (for small
+  tensors; with a float64 `grad_jax` the tolerances can then be float64's, rtol ~1e-6).
+  """
   rng = np.random.RandomState(seed)
   x = np.asarray(x, np.float64)
-  for flat in rng.choice(x.size, n, replace=False):
+  grad = np.asarray(grad_jax)
+  coords = range(x.size) if n is None else rng.choice(x.size, n, replace=False)
+  for flat in coords:
     idx = np.unravel_index(flat, x.shape)
     xp, xm = x.copy(), x.copy()
     xp[idx] += eps
     xm[idx] -= eps
-    np.testing.assert_allclose(np.asarray(grad_jax)[idx],
-                               (f_np(xp) - f_np(xm)) / (2 * eps), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(grad[idx], (f_np(xp) - f_np(xm)) / (2 * eps), rtol=rtol,
+                               atol=atol, err_msg=f"coordinate {idx}")
 
 
 def np_pool(x, oh, ow):

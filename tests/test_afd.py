@@ -324,20 +324,30 @@ def test_matches_numpy_reference_float64():
   # The frozen teacher gets no gradient.
   assert all(float(np.abs(g).max()) == 0.0 for g in g_t)
 
-  # Gradients: central differences of the NumPy reference at random coordinates, for the
-  # student features and for one coordinate of every meta-network parameter.
+  # Gradients: central differences of the NumPy reference, at float64 tolerances. Every
+  # pooling bin: every spatial position of every student feature (one example, one
+  # channel each), which pools into every teacher resolution; every link's positional
+  # logit: every row of p_t (teacher t) and p_s (student s); one coordinate of every other
+  # meta-network parameter.
   rng = np.random.default_rng(7)
-  f = lambda: _np_total(meta, s, t, sl, tl, y, BETA)[0]
-  for _ in range(12):
-    i = int(rng.integers(len(s)))
-    idx = tuple(int(rng.integers(n)) for n in s[i].shape)
-    np.testing.assert_allclose(g_s[i][idx], _central_difference(f, s[i], idx),
-                               rtol=1e-5, atol=1e-9, err_msg=f"student feature {i} {idx}")
+  f = lambda: _np_total(meta, s, t, sl, tl, y, BETA)[0]  # noqa: E731
+  for i, feat in enumerate(s):
+    b, h, w, c = feat.shape
+    for hh in range(h):
+      for ww in range(w):
+        idx = (int(rng.integers(b)), hh, ww, int(rng.integers(c)))
+        np.testing.assert_allclose(g_s[i][idx], _central_difference(f, feat, idx),
+                                   rtol=1e-5, atol=1e-9,
+                                   err_msg=f"student feature {i} {idx}")
   g_meta = dict(jax.tree_util.tree_leaves_with_path(g_params["meta"]))
   for path, leaf in jax.tree_util.tree_leaves_with_path(meta):
-    idx = tuple(int(rng.integers(n)) for n in leaf.shape)
-    np.testing.assert_allclose(g_meta[path][idx], _central_difference(f, leaf, idx),
-                               rtol=1e-5, atol=1e-9, err_msg=jax.tree_util.keystr(path))
+    rows = range(leaf.shape[0]) if jax.tree_util.keystr(path) in ("['p_s']", "['p_t']") else [
+        int(rng.integers(leaf.shape[0]))]
+    for row in rows:
+      idx = (row,) + tuple(int(rng.integers(n)) for n in leaf.shape[1:])
+      np.testing.assert_allclose(g_meta[path][idx], _central_difference(f, leaf, idx),
+                                 rtol=1e-5, atol=1e-9,
+                                 err_msg=f"{jax.tree_util.keystr(path)} {idx}")
 
 
 def test_jit_matches_eager():
@@ -376,18 +386,53 @@ def test_sharded_over_8_devices_matches_single_device():
 # ---- link heatmap --------------------------------------------------------------------
 
 
-def test_link_heatmap_renders_and_saves(tmp_path):
-  rng = np.random.default_rng(0)
-  att = rng.dirichlet(np.ones(6), size=18)
-  t_names = afd_feature_names(HAND_INFOS["wrn_40_2"])
-  s_names = afd_feature_names(HAND_INFOS["wrn_16_2"])
+def _cell_colours(fig, nt, ns):
+  """RGB at the centre of every heatmap cell (t, s) of the drawn `fig`, (nt, ns, 3)."""
+  ax = fig.axes[0]
+  rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+  height = rgb.shape[0]
+  out = np.zeros((nt, ns, 3), np.uint8)
+  for t in range(nt):
+    for s in range(ns):
+      x, y = ax.transData.transform((s, t))  # imshow: column s, row t; display y is up
+      out[t, s] = rgb[int(round(height - y)), int(round(x))]
+  return out
+
+
+def test_link_heatmap_rows_are_teacher_features_in_order(tmp_path):
+  """A known attention matrix, drawn and read back: row t (top to bottom) is teacher
+  feature t and carries att[t], column s student feature s; labels sit on their rows."""
+  t_names = afd_feature_names(HAND_INFOS["wrn_40_2"])[:5]
+  s_names = afd_feature_names(HAND_INFOS["wrn_16_2"])[:3]
+  # Each row one-hot, at a column no other pattern shares: a transposed, flipped or
+  # re-ordered drawing reads back differently.
+  att = np.zeros((5, 3))
+  att[np.arange(5), [2, 0, 1, 0, 2]] = 1.0
+  att[4] = [0.25, 0.25, 0.5]
   img = link_heatmap.render_links(att, t_names, s_names, "wrn_40_2 -> wrn_16_2")
-  assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3
+  fig = link_heatmap._links_figure(att, t_names, s_names, "wrn_40_2 -> wrn_16_2")
+  fig.canvas.draw()
+  np.testing.assert_array_equal(img, np.asarray(fig.canvas.buffer_rgba())[..., :3])
+  ax = fig.axes[0]
+  assert (ax.get_ylabel(), ax.get_xlabel()) == ("teacher feature", "student feature")
+  assert [label.get_text() for label in ax.get_yticklabels()] == list(t_names)
+  assert [label.get_text() for label in ax.get_xticklabels()] == list(s_names)
+  # Each label at its row's (column's) centre on screen.
+  for t, label in enumerate(ax.get_yticklabels()):
+    box = label.get_window_extent()
+    assert abs((box.y0 + box.y1) / 2 - ax.transData.transform((0, t))[1]) < 2, t_names[t]
+  for s, label in enumerate(ax.get_xticklabels()):
+    box = label.get_window_extent()
+    assert abs((box.x0 + box.x1) / 2 - ax.transData.transform((s, 0))[0]) < 2, s_names[s]
+  # The colours read back: viridis of att / max(att) (vmin 0) in every cell.
+  cmap = ax.images[0].get_cmap()
+  want = (np.asarray(cmap(att / att.max()))[..., :3] * 255).round()
+  np.testing.assert_allclose(_cell_colours(fig, 5, 3), want, atol=2)
   assert img.shape[0] >= 200 and img.shape[1] >= 200
-  assert img.std() > 0
   path = link_heatmap.save_links_png(str(tmp_path / "links" / "att.png"), att, t_names,
-                                     s_names, "links")
-  with open(path, "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+                                     s_names, "wrn_40_2 -> wrn_16_2")
+  from PIL import Image
+  png = np.asarray(Image.open(path).convert("RGB"))
+  np.testing.assert_array_equal(png, img)  # the file holds the drawing read back above
   with pytest.raises(ValueError, match="shape"):
     link_heatmap.render_links(att.T, t_names, s_names)

@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import matplotlib.colors
 import numpy as np
+import pytest
 from PIL import Image
 
 from afd_jax import train
@@ -70,7 +72,26 @@ def test_plot_run_and_script_write_png(tmp_path):
   assert out == os.path.join(workdir, "curves.png")
   with open(out, "rb") as f:
     assert f.read(8) == PNG_MAGIC
-  assert Image.open(out).size == (1300, 360)
+  # Read back: the file is the figure of the run's rows (titled by the run), panels left
+  # to right loss, lr, top-1, and the lr line drawn through its (step, lr) points.
+  png = np.asarray(Image.open(out).convert("RGB"))
+  assert png.shape == (360, 1300, 3)
+  rows = curves.metric_writer.read_metrics(workdir)
+  np.testing.assert_array_equal(png, curves.render_curves(rows, title="run"))
+  fig = curves.curves_figure(rows, title="run")
+  fig.canvas.draw()
+  lefts = [a.get_position().x0 for a in fig.axes]
+  assert lefts == sorted(lefts) and [a.get_title() for a in fig.axes] == [
+      "train loss terms", "learning rate", "eval top-1"]
+  purple = np.asarray(matplotlib.colors.to_rgb("tab:purple")) * 255
+  lr_axes = fig.axes[1]
+  for step, lr in zip((10, 20, 30), (0.075, 0.05, 0.025)):
+    x, y = lr_axes.transData.transform((step, lr))
+    pixel = png[int(round(png.shape[0] - y)), int(round(x))]
+    np.testing.assert_allclose(pixel, purple, atol=40, err_msg=f"lr line at step {step}")
+  # A point off the line is background.
+  x, y = lr_axes.transData.transform((10, 0.025))
+  assert np.all(png[int(round(png.shape[0] - y)), int(round(x))] > 240)
   other = str(tmp_path / "sub" / "c.png")
   done = subprocess.run([sys.executable, "experiments/plot_curves.py",
                          f"--workdir={workdir}", f"--out={other}"], cwd=ROOT,
@@ -83,6 +104,7 @@ def test_plot_run_and_script_write_png(tmp_path):
   assert empty.returncode == 1 and "no metrics in" in empty.stderr
 
 
+@pytest.mark.slow
 def test_curves_of_a_real_run(digits_data_dir, tmp_path):
   config = tiny_config(digits_data_dir, num_devices=1)
   config.schedule.num_epochs = 1  # 4 steps, logs at 2 and 4, one eval
