@@ -16,26 +16,25 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+def _prepared(name: str, tmp_path_factory) -> str:
+  """A fresh TFDS data_dir with this project's offline dataset `name` prepared."""
+  # Imported lazily: test files that never use the data do not pay for TensorFlow.
+  import tensorflow_datasets as tfds
+  import afd_jax.datasets  # noqa: F401  (registers `digits`, `digits_seg`)
+
+  data_dir = str(tmp_path_factory.mktemp(f"tfds_{name}"))
+  tfds.builder(name, data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir
+
+
 @pytest.fixture(scope="session")
 def digits_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir with the offline `digits` dataset prepared (once per session)."""
-  # Imported lazily: test files that never use the data do not pay for TensorFlow.
-  import tensorflow_datasets as tfds
-  import afd_jax.datasets  # registers `digits`
-
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  tfds.builder("digits", data_dir=data_dir).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return data_dir
+  return _prepared("digits", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def digits_seg_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir with the offline `digits_seg` dataset prepared (once per session)."""
-  import tensorflow_datasets as tfds
-  import afd_jax.datasets  # registers `digits_seg`
-
-  data_dir = str(tmp_path_factory.mktemp("tfds_seg"))
-  tfds.builder("digits_seg", data_dir=data_dir).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return data_dir
+  return _prepared("digits_seg", tmp_path_factory)
