@@ -222,29 +222,22 @@ def _build(kind: str, hp, student, teacher) -> Distiller:
   return Distiller(kind, DenseFeatureDistill(hp, kind), s, t, teacher_train_mode=True)
 
 
-@register("seg_kd", SegKDConfig)
-def build_seg_kd(hp, *, student, teacher, steps_per_epoch):
-  """The release's feature KD along W on the decoder feature."""
-  del steps_per_epoch
-  return _build("seg_kd", hp, student, teacher)
+# The release's four ``--comp`` modes on the decoder feature: name -> (config, what).
+_COMP_METHODS = {
+    "seg_kd": (SegKDConfig, "feature KD along W"),
+    "seg_fitnet": (SegFitNetConfig, "hint MSE"),
+    "seg_at": (SegATConfig, "attention transfer (p = 2)"),
+    "ickd": (ICKDConfig, "inter-channel correlation ('ch')"),
+}
 
 
-@register("seg_fitnet", SegFitNetConfig)
-def build_seg_fitnet(hp, *, student, teacher, steps_per_epoch):
-  """The release's hint MSE on the decoder feature."""
-  del steps_per_epoch
-  return _build("seg_fitnet", hp, student, teacher)
+def _comp_builder(kind: str, what: str):
+  def build(hp, *, student, teacher, steps_per_epoch):
+    del steps_per_epoch
+    return _build(kind, hp, student, teacher)
+  build.__doc__ = f"The release's {what} on the decoder feature."
+  return build
 
 
-@register("seg_at", SegATConfig)
-def build_seg_at(hp, *, student, teacher, steps_per_epoch):
-  """The release's attention transfer (p = 2) on the decoder feature."""
-  del steps_per_epoch
-  return _build("seg_at", hp, student, teacher)
-
-
-@register("ickd", ICKDConfig)
-def build_ickd(hp, *, student, teacher, steps_per_epoch):
-  """The release's inter-channel correlation ('ch') on the decoder feature."""
-  del steps_per_epoch
-  return _build("ickd", hp, student, teacher)
+for _kind, (_config, _what) in _COMP_METHODS.items():
+  register(_kind, _config)(_comp_builder(_kind, _what))
