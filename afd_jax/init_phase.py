@@ -22,7 +22,7 @@ from absl import logging
 import jax
 import optax
 
-from afd_jax import checkpointing, optim, parallel, train_state
+from afd_jax import checkpointing, optim, parallel, train, train_state
 from afd_jax import metric_writer as metric_writer_lib
 
 DIR = "init_phase"
@@ -69,21 +69,21 @@ def _state(nets, like: train_state.TrainState) -> train_state.TrainState:
       batch_stats=like.batch_stats, method_state=like.method_state, rng=like.rng)
 
 
-def run(main_run) -> train_state.TrainState:
+def run(main_run) -> tuple[train_state.TrainState, float]:
   """Runs (or resumes, or just reloads) `main_run`'s init phase.
 
   Args:
     main_run: a fresh `train.Run` of a two-stage method (no checkpoint yet).
 
   Returns:
-    the distillation phase's initial state: the phase's final variables, step 0 and a
-    fresh optimizer state of the run's own optimizer.
+    the distillation phase's initial state (the phase's final variables, step 0 and a
+    fresh optimizer state of the run's own optimizer), and the phase's train_seconds
+    (summed over its segments), which the run adds to its own.
 
   Raises:
     train.Preempted / metric_writer.Diverged: as the main loop (the phase's checkpoints
       are kept; a rerun resumes it).
   """
-  from afd_jax import train as train_lib  # pylint: disable=g-import-not-at-top  (a cycle)
   cfg, phase = main_run.config, main_run.nets.distiller.init_phase
   path = os.path.join(main_run.workdir, DIR)
   nets = networks(main_run.nets, cfg, main_run.state.params["student"])
@@ -108,19 +108,20 @@ def run(main_run) -> train_state.TrainState:
                             meta=meta, saved_seconds=meta["train_seconds"])
   writer = metric_writer_lib.MetricWriter(path, enabled=parallel.is_chief(),
                                           resume_step=start if restored else -1)
-  dispatch = train_lib.dispatcher(main_run, nets, cfg.seed + SEED_OFFSET, start, sharding)
+  dispatch = train.dispatcher(main_run, nets, cfg.seed + SEED_OFFSET, start, sharding)
   if start < stop:
     logging.info("Init phase of %s: steps %d..%d (%d epochs, lr %g) in %s",
                  nets.distiller.name, start, stop, phase.epochs,
                  float(nets.schedule(0)), path)
   try:
-    state, _ = train_lib.run_steps(sub, state, start, stop, dispatch,
-                                   metric_writer_lib.TrainWindow(writer, cfg.batch_size),
-                                   lambda state, step: None)
+    state, _ = train.run_steps(
+        sub, state, start, stop, dispatch,
+        metric_writer_lib.TrainWindow(writer, cfg.batch_size), lambda state, step: None)
   finally:
     writer.close()
     ckpts.close()
   rng = main_run.state.rng
   to_main = lambda s: _state(main_run.nets, s).replace(rng=rng)  # noqa: E731
   main_sharding = parallel.state_sharding(main_run.mesh, main_run.state)
-  return jax.jit(to_main, out_shardings=main_sharding)(state)
+  seconds = sub.saved_seconds  # the last save's: every segment of the phase
+  return jax.jit(to_main, out_shardings=main_sharding)(state), seconds

@@ -4,19 +4,34 @@ Any config field can be overridden, e.g. ``--config.optim.lr=0.1 --config.seed=1
 fields of the chosen method are overridden the same way, whether or not the config file
 wrote them (``--config.method.beta=100``); switching ``--config.method.name`` gives the new
 method its own defaults (the file's fields for its method are dropped, with a warning), and
-a field the method does not have is an error listing the ones it has. A config with a
-``runs`` section (an experiment suite such as ``configs/quickstart.py``) trains its runs
-in order under the workdir and prints a results table.
+a field the method does not have is an error listing the ones it has.
+
+Several runs are a plan (`afd_jax.plan`): ``--config.seeds=0,1,2`` (one run per seed),
+``--config.sweep.method.beta=50,100,200`` (one run per value; any scalar field, several
+sweeps multiply), or a config with a ``runs`` section (a suite such as
+``configs/quickstart.py``). Every run is validated before any trains; each trains in its
+own workdir under ``--workdir``, and a results table is printed and written there.
+``--config.vmap_seeds=True`` trains runs differing only in seed or numeric
+hyperparameters as one vmapped program (`afd_jax.group`).
 
 Several processes (TPU pod slices, SLURM): ``jax.distributed.initialize()`` is called when
 the environment shows several processes, or always with ``--distributed=on``.
+
+Every mistake (an unknown config field or file, a value out of range, a missing dataset or
+teacher, an unwritable workdir, a full disk) ends with one ``error: ...`` line on stderr,
+exit status 1, and leaves nothing that blocks the corrected command; SIGINT / SIGTERM stop
+after saving the step reached, with status 130 / 143. A full disk leaves no unfinished
+checkpoint behind: the same command resumes once space is freed.
 """
 from __future__ import annotations
 
+import errno
 import logging as std_logging
 import os
 import re
+import signal
 import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -40,6 +55,24 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 
 # --config.<path.>method.<field>=<value>: handled here, typed by the chosen method.
 _METHOD_FLAG = re.compile(r"^--config\.((?:\w+\.)*)method\.(\w+)=(.*)$", re.S)
+# --config.sweep.<field path>=<v1>,<v2>,...: one plan axis (`afd_jax.plan`).
+_SWEEP_FLAG = re.compile(r"^--config\.sweep\.([\w.]+)=(.*)$", re.S)
+
+
+def split_sweep_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+  """Separates ``--config.sweep.<path>=<values>`` from the other arguments.
+
+  Returns:
+    (other arguments, {config path: comma-separated values}).
+  """
+  rest, sweeps = [], {}
+  for arg in argv:
+    match = _SWEEP_FLAG.match(arg)
+    if match:
+      sweeps[match.group(1)] = match.group(2)
+    else:
+      rest.append(arg)
+  return rest, sweeps
 
 
 def split_method_flags(argv: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
@@ -94,28 +127,100 @@ def _quiet_libraries(record) -> bool:
 
 
 _METHOD_OVERRIDES: list[tuple[str, str, str]] = []
+_SWEEPS: dict[str, str] = {}
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with method fields split off first (`split_method_flags`)."""
   # Config files import `configs.common`: make the repository root importable.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  rest, _METHOD_OVERRIDES[:] = split_method_flags(argv)
+  rest, sweeps = split_sweep_flags(argv)
+  _SWEEPS.clear()
+  _SWEEPS.update(sweeps)
+  rest, _METHOD_OVERRIDES[:] = split_method_flags(rest)
   sys.argv[:] = rest  # config_flags reads its overrides from sys.argv itself
-  return flags.FLAGS(rest)
+  try:
+    _check_config_file(rest)
+    return flags.FLAGS(rest)
+  except KeyboardInterrupt:
+    fail("interrupted (SIGINT) while starting; nothing was written", 128 + signal.SIGINT)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
+    fail(_flag_error(e, rest))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+  """Prints ``error: <message>`` as the last line (no traceback) and exits with `code`."""
+  sys.stdout.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """A ``--config`` file that does not exist: an error naming it (absl's says it in 30
+  lines of traceback)."""
+  for i, arg in enumerate(argv):
+    value = (arg.split("=", 1)[1] if arg.startswith("--config=") else
+             argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if value is not None:
+      path = value.split(":", 1)[0]
+      if not os.path.isfile(path):
+        raise OSError(errno.ENOENT, f"config file {path!r} does not exist (relative paths "
+                      f"are read from {os.getcwd()}); accepted: a file such as "
+                      "configs/quickstart.py, configs/cifar100/teacher.py[:args]")
+
+
+_DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)"')
+
+
+def _flag_error(e: BaseException, argv: list[str]) -> str:
+  """One line for a flag that failed to parse: an unknown config field named by its full
+  path (with ml_collections' suggestion), else the flag library's message."""
+  if isinstance(e, OSError) and e.filename is None and e.strerror:
+    return e.strerror
+  text = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
+  key = (re.search(r'instead of "(\w+)"', text)
+         or re.match(r"""^[\\'"]*(\w+)""", text))
+  if isinstance(e, (KeyError, AttributeError)) and key:
+    for arg in argv:
+      match = re.match(r"^--config\.([\w.]+)", arg)
+      parts = match.group(1).split(".") if match else []
+      if key.group(1) in parts:
+        field = ".".join(parts[:parts.index(key.group(1)) + 1])
+        hint = _DID_YOU_MEAN.search(text)
+        return (f"unknown field {field}" + (f"; did you mean {hint.group(1)}" if hint
+                                           else "") + f" (in {arg.split('=', 1)[0]})")
+  return " ".join(text.split())
 
 
 def main(argv):
+  """`_main` with every failure reported as one ``error:`` line (see `fail`)."""
+  try:
+    _main(argv)
+  except KeyboardInterrupt:  # before the loop's handler is installed, or a second Ctrl-C
+    fail("interrupted (SIGINT); what was saved is kept: rerun the same command to resume",
+         128 + signal.SIGINT)
+  except OSError as e:  # a full disk, an unwritable workdir: no traceback either
+    logging.debug("", exc_info=True)
+    what = (f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
+            if e.strerror else f"{type(e).__name__}: {e}")
+    if e.errno == errno.ENOSPC and "rerun" not in what:
+      what += " (free some space and rerun the same command to resume; the checkpoints " \
+              "saved before are kept)"
+    fail(what)
+
+
+def _main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    fail(f"unexpected arguments: {argv[1:]}")
+  _inject_at_startup()
   logging.get_absl_handler().addFilter(_quiet_libraries)
   config = _CONFIG.value
   try:
     apply_method_overrides(config, _METHOD_OVERRIDES)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    fail(str(e))
   # Imports jax / TF: after parsing.
-  from afd_jax import checkpointing, methods, parallel, suite, train
+  from afd_jax import checkpointing, methods, parallel, plan, train
   from afd_jax.datasets.availability import DatasetNotAvailableError
   if _PRINT_CONFIG.value:
     print(config)
@@ -123,15 +228,13 @@ def main(argv):
       print("RESOLVED_METHOD", methods.resolved_fields(config.method))
     return
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    fail("--workdir is required: the directory of the run's checkpoints and logs")
   parallel.maybe_initialize_distributed(_DISTRIBUTED.value)
   try:
-    if "runs" in config:
-      suite.run_suite(config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
-    else:
-      result = train.train_and_evaluate(config, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
-      if parallel.is_chief():
-        print(suite.format_result(_WORKDIR.value, result))
+    the_plan = plan.from_config(config, _SWEEPS)
+    result = plan.run_plan(the_plan, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
+    if the_plan.single and parallel.is_chief():
+      print(plan.format_result(_WORKDIR.value, result))
   except train.Preempted as e:
     print(f"Preempted: {e}; rerun the same command to resume.", file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -139,8 +242,16 @@ def main(argv):
           train.Diverged) as e:
     # The error is the last thing printed: no traceback through jax / orbax / TFDS.
     logging.debug("", exc_info=True)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    fail(str(e))
+
+
+def _inject_at_startup() -> None:
+  """Test hook, as `train.inject_fault`: ``AFD_JAX_INJECT='startup@0[:SIGNAL]'`` sends the
+  signal (default SIGINT) right after the flags are parsed, before jax is imported."""
+  for spec in filter(None, os.environ.get("AFD_JAX_INJECT", "").split(",")):
+    point, _, sig = spec.partition(":")
+    if point == "startup@0":
+      os.kill(os.getpid(), getattr(signal, sig or "SIGINT"))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""N seeds in one program: the device-resident train step vmapped over runs.
+"""N runs in one program: the device-resident train step vmapped over a group's members.
 
-The functions behind ``config.vmap_seeds`` (`seed_runs` holds its train loop): the
-states of S runs are stacked on a leading axis, and so are their seeds; each keeps its own
+The step functions of a vmapped group (`afd_jax.group` holds its loop): the states of S
+runs are stacked on a leading axis, and so are their seeds and their traced
+hyperparameters (``{'method.beta': (S,), 'optim.lr': (S,), ...}``); each keeps its own
 initialisation, data order and augmentation (`device_data.Sampler` with that seed), so
-seed ``k`` of a vmapped run computes what a run with ``config.seed = seeds[k]`` computes
-(to float rounding). Because the seeds' batches differ, the frozen teacher's forward pass
-runs once per seed and batch (inside the vmap), not once per batch.
+member ``k`` computes what its own run computes (to float rounding). Members that share a
+seed share their batches; the frozen teacher's forward pass runs once per member (inside
+the vmap).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from afd_jax import device_data, multi_step, steps, train_state
 
@@ -29,7 +29,7 @@ def create_states(nets: train_state.Networks, seeds, image_size: int):
 
 def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler, states,
                        data: dict[str, jax.Array], seeds: jax.Array, teacher_vars,
-                       batch_sharding=None):
+                       batch_sharding=None, member_nets=None, hparams=None):
   """One train step of every seed on the device-resident `data`.
 
   Args:
@@ -41,39 +41,33 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
     teacher_vars: the frozen teacher's variables (shared), or None.
     batch_sharding: each seed's batch split over the mesh (as `multi_step.device_steps`),
       or None (left to XLA).
+    member_nets: ``member_nets(hparams of one member) -> Networks`` with those (traced)
+      values (`train_state.build_networks`' ``hparams``); None: every member is `nets`.
+    hparams: ``{path: (S,) array}``, the members' values (with `member_nets`).
 
   Returns:
     the new stacked states and metrics of shape (S,).
   """
 
-  def one(state, seed):
+  def one(state, seed, hp):
     batch = sampler.batch(data, seed, state.step)
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return steps.train_step(nets, state, batch, teacher_vars)
+    member = nets if member_nets is None or not hp else member_nets(hp)
+    return steps.train_step(member, state, batch, teacher_vars)
 
-  return jax.vmap(one)(states, seeds)
+  return jax.vmap(one)(states, seeds, hparams or {})
 
 
 def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
-                  batch_sharding=None):
+                  batch_sharding=None, member_nets=None, hparams=None):
   """`n` vmapped steps in one program (`multi_step.repeat`); metrics (n, S)."""
   return multi_step.repeat(
       lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars,
-                                      batch_sharding),
+                                      batch_sharding, member_nets, hparams),
       states, n)
 
 
 def unstack(states, k: int):
   """Seed `k`'s state out of the stacked `states`."""
   return jax.tree.map(lambda x: x[k], states)
-
-
-def summary(values: dict[str, list[float]]) -> str:
-  """A Markdown table of ``{metric: one value per seed}`` as mean ± std (ddof 1)."""
-  rows = ["| metric | mean ± std | seeds |", "|---|---|---|"]
-  for name, v in values.items():
-    v = np.asarray(v, np.float64)
-    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    rows.append(f"| {name} | {v.mean():.4g} ± {std:.2g} | {len(v)} |")
-  return "\n".join(rows)

@@ -131,8 +131,11 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
 
   (loss, (metrics, logits, s_stats, m_mut)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(
-      grads=grads, batch_stats={
+  # `nets.tx`, not the state's own: a vmapped group's member brings its traced lr / wd.
+  updates, opt_state = nets.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state, batch_stats={
           "student": state.batch_stats["student"] if s_stats is None else s_stats,
           "method": m_mut.get("batch_stats", {})},
       method_state=m_mut.get("method_state", {}))

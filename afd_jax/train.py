@@ -15,16 +15,16 @@ import functools
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
 import ml_collections
 import tqdm
 
-from afd_jax import (analysis, checkpointing, device_data, evaluation, init_phase,
-                     methods, metric_writer, models, multi_step, parallel, pretrained,
-                     steps, train_state)
+from afd_jax import (analysis, checkpointing, device_data, evaluation, methods,
+                     metric_writer, models, multi_step, parallel, pretrained, steps,
+                     train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import segmentation
 from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
@@ -68,6 +68,7 @@ class Run:
   saved_seconds: float = 0.0  # train_seconds of the last checkpoint saved
   sampler: device_data.Sampler | None = None  # the device-resident path, or None
   train_data: Any = None  # its uint8 split on the devices
+  build: Any = None  # ``build(config, hparams=None) -> Networks`` for this run's data
 
   def save(self, step: int, state, segment_start: float) -> None:
     """Checkpoints `state` with the bookkeeping of `meta` (every process must call it)."""
@@ -78,15 +79,16 @@ class Run:
     self.saved_seconds = meta["train_seconds"]
 
 
-def open_dataset(config: ml_collections.ConfigDict):
-  """The run's `input_pipeline.Dataset`, checked against the models' task.
+def open_dataset(config: ml_collections.ConfigDict, dataset=None):
+  """The run's `input_pipeline.Dataset` (`dataset` if already opened for the same
+  ``config.data``), checked against the models' task.
 
   Raises:
     ValueError / DatasetNotAvailableError: an unknown or missing dataset, or a
       segmentation model on a classification dataset (or the reverse).
   """
   from afd_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  dataset = input_pipeline.Dataset(config.data)
+  dataset = dataset or input_pipeline.Dataset(config.data)
   segmentation_data = getattr(dataset.info, "task", "classification") == "segmentation"
   for role, name in (("model", config.model.name), ("teacher", config.teacher.name)):
     if name and models.is_segmentation(name) != segmentation_data:
@@ -101,11 +103,13 @@ def open_dataset(config: ml_collections.ConfigDict):
 
 
 def open_run(config: ml_collections.ConfigDict, workdir: str,
-             require_checkpoint: bool = False, create=train_state.create,
-             dataset=None) -> Run:
-  """Opens `workdir` for `config`: its newest checkpoint, else ``create(nets, key, size)``.
+             require_checkpoint: bool = False, make_create=None, dataset=None) -> Run:
+  """Opens `workdir` for `config`: its newest checkpoint, else a fresh state.
 
-  `dataset`: the run's dataset if already opened (`open_dataset`).
+  `dataset`: the run's dataset if already opened (`open_dataset`). `make_create`:
+  ``make_create(nets, build) -> create(rng, image_size)`` making the fresh state, where
+  ``build(config, hparams=None)`` builds `Networks` for this run's data (default:
+  `train_state.create` of `nets`; `group` stacks its members' states).
 
   Raises:
     ValueError / DatasetNotAvailableError: an invalid config or missing dataset.
@@ -127,10 +131,12 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
                      f"{dataset.info.num_train_examples} training examples of "
                      f"{config.data.name!r}")
   labels = dataset.train_labels() if methods.needs_labels(config.method.name) else None
-  nets = train_state.build_networks(config, dataset.info.num_classes, steps_per_epoch,
-                                    train_labels=labels)
+  build = functools.partial(_build_networks, num_classes=dataset.info.num_classes,
+                            steps_per_epoch=steps_per_epoch, train_labels=labels)
+  nets = build(config)
+  create = (make_create or _default_create)(nets, build)
   replicated = parallel.replicated(mesh)
-  create_fn = functools.partial(create, nets, image_size=config.data.image_size)
+  create_fn = functools.partial(create, image_size=config.data.image_size)
   shapes = jax.eval_shape(create_fn, jax.random.PRNGKey(config.seed))
   state_sharding = parallel.state_sharding(mesh, shapes)
   init = jax.jit(create_fn, out_shardings=state_sharding)
@@ -180,7 +186,18 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   predict = jax.jit(functools.partial(steps.segmentation_predictions, nets),
                     out_shardings=replicated)
   return Run(config, workdir, mesh, dataset, steps_per_epoch, nets, ckpts, state, meta,
-             teacher_vars, probe, predict, sampler=sampler, train_data=train_data)
+             teacher_vars, probe, predict, sampler=sampler, train_data=train_data,
+             build=build)
+
+
+def _build_networks(config, hparams=None, *, num_classes, steps_per_epoch, train_labels):
+  return train_state.build_networks(config, num_classes, steps_per_epoch,
+                                    train_labels=train_labels, hparams=hparams)
+
+
+def _default_create(nets, build):
+  del build
+  return functools.partial(train_state.create, nets)
 
 
 def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
@@ -210,64 +227,111 @@ def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
                         result[score])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> dict[str, float]:
-  """Trains per `config` in `workdir`, resuming from its newest checkpoint if any.
+# A two-stage method's first phase, handed to the loop: ``phase(run) -> (the main
+# phase's initial state, the phase's train_seconds)`` (`init_phase.run`).
+InitPhaseFn = Callable[[Run], tuple[train_state.TrainState, float]]
 
-  Args:
-    config: the run's config.
-    workdir: the run's directory; the config that created it must match `config` in every
-      field that changes the result, unless `allow_config_change`.
 
-  Returns:
-    final metrics: ``top1``, ``top5`` (last eval), ``best_top1``, ``teacher_top1`` (if
-    a teacher), ``step``, ``train_seconds`` (summed over all segments of the run).
+@dataclasses.dataclass
+class Loop:
+  """What the loop sets up once a run is open: its step range, writer and evaluator."""
+  start: int
+  stop: int
+  writer: MetricWriter
+  evaluate: evaluation.Evaluator
 
-  Raises:
-    workdir.ConfigMismatchError: `workdir` holds a run of another config.
-    Diverged: a non-finite loss or gradient (the last good checkpoints are kept).
-    Preempted: SIGTERM/SIGINT arrived; the step reached was saved first.
-  """
-  if config.get("seeds"):  # one run per seed: `seed_runs` (which imports this module)
-    from afd_jax import seed_runs  # pylint: disable=g-import-not-at-top
-    return seed_runs.train_and_evaluate(config, workdir, allow_config_change)
-  path = os.path.abspath(os.path.expanduser(workdir))
-  chief = parallel.is_chief()
-  validate_config(config, parallel.make_mesh(config.num_devices).size)
-  dataset = open_dataset(config)  # a missing or mismatched dataset: nothing written yet
-  workdir_lib.check_config(path, config, checkpointing.latest_step(path),
-                           allow_config_change, write=chief)
-  run = open_run(config, path, dataset=dataset)
-  if run.nets.distiller.init_phase is not None and "epoch" not in run.meta:
-    run.state = init_phase.run(run)  # two-stage methods: phase 1
-  cfg, nets, spe = run.config, run.nets, run.steps_per_epoch
-  start = int(run.state.step)
+
+def begin(run: Run, start: int) -> Loop:
+  """The loop's setup for `run` from step `start`: the last step (``schedule.num_epochs``,
+  capped by ``max_steps``), the metric writer (a fresh run drops every row an earlier,
+  killed attempt left), the evaluator, and the teacher's evaluation (once per run; not
+  for a random-init smoke teacher or one with other classes)."""
+  cfg, spe = run.config, run.steps_per_epoch
   stop = cfg.schedule.num_epochs * spe
   stop = stop if cfg.max_steps is None else min(stop, cfg.max_steps)
-  logging.info("Resolved config:\n%s", cfg)
-  # A fresh run (no checkpoint) drops every row an earlier, killed attempt left.
-  writer = MetricWriter(run.workdir, enabled=chief,
+  writer = MetricWriter(run.workdir, enabled=parallel.is_chief(),
                         resume_step=start if "epoch" in run.meta else -1)
   evaluate = evaluation.Evaluator(run.dataset, run.mesh, cfg.eval_batch_size)
   same_classes = (cfg.teacher.get("num_classes") in (None, run.dataset.info.num_classes)
-                  and not cfg.teacher.get("random_init"))  # smoke teachers: not evaluated
+                  and not cfg.teacher.get("random_init"))
   score = evaluate.score
-  if nets.teacher is not None and same_classes and f"teacher_{score}" not in run.meta:
-    t_eval = evaluate(nets.teacher, run.teacher_vars)
+  if run.nets.teacher is not None and same_classes and f"teacher_{score}" not in run.meta:
+    t_eval = evaluate(run.nets.teacher, run.teacher_vars)
     run.meta[f"teacher_{score}"] = t_eval[score]
     writer.write_scalars(start, {f"teacher/{k}": v for k, v in t_eval.items()
                                  if k != "loss"})
     logging.info("Teacher %s: %s %.2f", cfg.teacher.name, score, t_eval[score])
-  dispatch = dispatcher(run, nets, cfg.seed, start, parallel.state_sharding(run.mesh, run.state))
-  window = metric_writer.TrainWindow(writer, cfg.batch_size)
+  return Loop(start, stop, writer, evaluate)
+
+
+def claim(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool):
+  """Checks `config` and its dataset, then binds `workdir` to `config` (chief writes).
+
+  Returns:
+    (the absolute workdir, the opened dataset).
+  """
+  path = os.path.abspath(os.path.expanduser(workdir))
+  validate_config(config, parallel.make_mesh(config.num_devices).size)
+  dataset = open_dataset(config)  # a missing or mismatched dataset: nothing written yet
+  from afd_jax import validation  # pylint: disable=g-import-not-at-top  (see run_steps)
+  validation.check_run(config, dataset)  # sizes, teacher checkpoint: still nothing written
+  workdir_lib.check_config(path, config, checkpointing.latest_step(path),
+                           allow_config_change, write=parallel.is_chief())
+  return path, dataset
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False, *,
+                       init_phase: InitPhaseFn | None = None) -> dict[str, float]:
+  """Trains one run per `config` in `workdir`, resuming from its newest checkpoint if any.
+
+  Several runs (seeds, sweeps, suites, comparisons) are `afd_jax.plan`'s: this loop runs
+  exactly one.
+
+  Args:
+    config: the run's config (``config.seeds`` empty).
+    workdir: the run's directory; the config that created it must match `config` in every
+      field that changes the result, unless `allow_config_change`.
+    init_phase: the first phase of a two-stage method (AB, FT, FSP), run before the main
+      loop when the run starts fresh (`afd_jax.init_phase.run`; `plan.train_run` hands it).
+
+  Returns:
+    final metrics: ``top1``, ``top5`` (last eval), ``best_top1``, ``teacher_top1`` (if
+    a teacher), ``step``, ``train_seconds`` (summed over all segments and phases).
+
+  Raises:
+    ValueError: an invalid config (``seeds`` set, a two-stage method without its phase).
+    workdir.ConfigMismatchError: `workdir` holds a run of another config.
+    Diverged: a non-finite loss or gradient (the last good checkpoints are kept).
+    Preempted: SIGTERM/SIGINT arrived; the step reached was saved first.
+  """
+  if config.get("seeds"):
+    raise ValueError(f"config.seeds={tuple(config.seeds)!r} asks for several runs: "
+                     "afd_jax.plan runs them (python -m afd_jax.main does); accepted "
+                     "here: config.seeds=None, the one run of config.seed")
+  path, dataset = claim(config, workdir, allow_config_change)
+  run = open_run(config, path, dataset=dataset)
+  if run.nets.distiller.init_phase is not None and "epoch" not in run.meta:
+    if init_phase is None:
+      run.ckpts.close()
+      raise ValueError(f"method {config.method.name!r} has an init phase (two-stage); "
+                       "hand it to the loop: train_and_evaluate(..., init_phase="
+                       "afd_jax.init_phase.run), or use afd_jax.plan.train_run")
+    run.state, seconds = init_phase(run)
+    run.meta["train_seconds"] += seconds  # the phase's time is the run's time too
+  logging.info("Resolved config:\n%s", run.config)
+  loop = begin(run, int(run.state.step))
+  dispatch = dispatcher(run, run.nets, run.config.seed, loop.start,
+                        parallel.state_sharding(run.mesh, run.state))
+  window = metric_writer.TrainWindow(loop.writer, run.config.batch_size)
   try:
-    _, segment_start = run_steps(run, run.state, start, stop, dispatch, window,
-                                 lambda state, step: _evaluate(run, state, step, evaluate,
-                                                               writer))
+    _, segment_start = run_steps(
+        run, run.state, loop.start, loop.stop, dispatch, window,
+        lambda state, step: _evaluate(run, state, step, loop.evaluate, loop.writer))
   finally:
-    writer.close()
+    loop.writer.close()
     run.ckpts.close()
-  return _result(run, stop, segment_start if stop > start else None)
+  return _result(run, loop.stop, segment_start if loop.stop > loop.start else None)
 
 
 def dispatcher(run: Run, nets, seed: int, start: int, sharding) -> multi_step.Dispatcher:
@@ -287,7 +351,7 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
   """Steps ``start+1..stop``, `dispatch` ``(state, n) -> (state, metrics)`` n at a time,
   with the periodic actions on exact steps: `window` (``.metrics`` pending, ``.write(step,
   bar)`` logs them: the divergence check), ``evaluate(state, step)`` at eval epochs,
-  checkpoints and the preemption check. Also the loop of `seed_runs` (stacked states).
+  checkpoints and the preemption check. Also the loop of `group` (stacked states).
 
   Returns:
     the state at `stop`, and the time this segment of the run started (`Run.save`'s
@@ -299,6 +363,11 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
   eval_every, segment_start = max(1, cfg.logging.eval_every_epochs), time.time()
   bar = tqdm.tqdm(total=stop, initial=start, dynamic_ncols=True, leave=False,
                   disable=not (cfg.logging.progress_bar and parallel.is_chief()))
+  from afd_jax import validation  # pylint: disable=g-import-not-at-top  (below this module)
+  # Steps a preemption left unlogged (saved with its checkpoint): logged as if never stopped.
+  pending = run.meta.pop(PENDING_METRICS, None)
+  if pending and hasattr(window, "restore"):
+    window.restore(pending)
   try:
     with parallel.Preemption() as preemption:
       step = start
@@ -320,12 +389,27 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
           run.save(step, state, segment_start)
         # Every step is offered to the multi-host sync point; at the last: just finish.
         if any(preemption.reached(s) for s in range(step - n + 1, step + 1)) and step < stop:
-          window.write(step, bar)
-          run.save(step, state, segment_start)
+          if hasattr(window, "pending"):  # no extra row: the window rides in the checkpoint
+            window.check(step)
+            run.meta[PENDING_METRICS] = window.pending()
+          else:
+            window.write(step, bar)
+          try:
+            run.save(step, state, segment_start)
+          finally:
+            run.meta.pop(PENDING_METRICS, None)
           raise Preempted(preemption.signum, step)
+      if preemption.signum is not None:  # arrived during the final evaluation or save
+        raise Preempted(preemption.signum, step)
+  except Diverged as e:
+    e.advice = validation.divergence_advice(run.config, e)
+    raise
   finally:
     bar.close()
   return state, segment_start
+
+
+PENDING_METRICS = "pending_train_metrics"  # Run.meta key: see run_steps
 
 
 def _result(run: Run, step: int, segment_start: float | None) -> dict[str, float]:

@@ -70,13 +70,27 @@ def _fits(model: nn.Module, image_size: int) -> bool:
   return all(d > 0 for shape in shapes.values() for d in shape)
 
 
+# Config fields a vmapped group's members may differ in (`afd_jax.group`): besides these,
+# any numeric field of ``config.method`` (``'method.<field>'``).
+OPTIMIZER_HPARAMS = ("optim.lr", "optim.weight_decay")
+
+
 def build_networks(config: ml_collections.ConfigDict, num_classes: int,
-                   steps_per_epoch: int, train_labels=None) -> Networks:
+                   steps_per_epoch: int, train_labels=None,
+                   hparams: dict[str, Any] | None = None) -> Networks:
   """Student, teacher, method and optimizer for `config`; validates their pairing.
 
   `train_labels`: (N,) labels of the training split in index order, for methods that
-  need them (`methods.needs_labels`: CRD).
+  need them (`methods.needs_labels`: CRD). `hparams`: ``{'method.<field>' or an
+  `OPTIMIZER_HPARAMS` path: value}`` replacing the config's values; the values may be
+  traced (one member of a vmapped group, built inside its step).
   """
+  hparams = dict(hparams or {})
+  unknown = sorted(k for k in hparams
+                   if not (k.startswith("method.") or k in OPTIMIZER_HPARAMS))
+  if unknown:
+    raise ValueError(f"hyperparameters {unknown} cannot be traced; accepted: "
+                     f"method.<field>, {', '.join(OPTIMIZER_HPARAMS)}")
   if config.model.dtype == "float16":
     raise ValueError("config.model.dtype='float16' is not supported: its narrow exponent "
                      "range needs loss scaling, which this trainer does not do; use "
@@ -107,10 +121,15 @@ def build_networks(config: ml_collections.ConfigDict, num_classes: int,
   s_info = methods.FeatureInfo(config.model.name, feature_shapes(student, size))
   t_info = (methods.FeatureInfo(config.teacher.name, feature_shapes(teacher, size))
             if teacher is not None else None)
-  distiller = methods.build_method(config.method, student=s_info, teacher=t_info,
+  method_cfg = {**config.method,
+                **{k[len("method."):]: v for k, v in hparams.items()
+                   if k.startswith("method.")}}
+  distiller = methods.build_method(method_cfg, student=s_info, teacher=t_info,
                                    steps_per_epoch=steps_per_epoch,
                                    train_labels=train_labels)
-  tx, schedule = optim.create_optimizer(config, steps_per_epoch)
+  tx, schedule = optim.create_optimizer(
+      config, steps_per_epoch, {k[len("optim."):]: v for k, v in hparams.items()
+                                if k.startswith("optim.")})
   if distiller.init_phase is not None and distiller.init_phase.frozen_after:
     frozen = distiller.init_phase.frozen_after
     tx = optim.only_trainable(tx, lambda path: not (

@@ -1,7 +1,6 @@
 """Method comparison: the table and chart on hand-made results (numbers recomputed here
-with NumPy, paper numbers from configs/pairs.py), and experiments/compare.py end to end
-on digits at smoke scale, rerun without retraining."""
-import importlib.util
+with NumPy, paper numbers from configs/pairs.py), and `afd_jax.compare` end to end on
+digits at smoke scale, rerun without retraining."""
 import json
 import os
 
@@ -9,6 +8,7 @@ import jax
 from matplotlib.container import ErrorbarContainer
 import numpy as np
 
+from afd_jax import compare
 from afd_jax.analysis import comparison
 from configs import pairs
 
@@ -123,17 +123,12 @@ def _snapshot(workdir):
   return out
 
 
-def _load_script():
-  spec = importlib.util.spec_from_file_location(
-      "compare", os.path.join(ROOT, "experiments", "compare.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_compare_script_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, capsys):
-  compare, workdir = _load_script(), tmp_path / "cmp"
-  argv = ["--dataset=digits", "--methods=kd", "--pairs=resnet8:resnet8", "--seeds=0,1",
+def test_compare_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, capsys):
+  """python -m afd_jax.compare: a plan of the teacher, the student alone, KD and ICKD (a
+  segmentation method, which cannot pair classifiers: an n/a row, found before anything
+  trained)."""
+  workdir = tmp_path / "cmp"
+  argv = ["--dataset=digits", "--methods=kd,ickd", "--pairs=resnet20:resnet8", "--seeds=0,1",
           "--runlocal", f"--data_dir={digits_data_dir}", f"--workdir={workdir}"]
   # XLA's quick compile mode: two-step runs are mostly compilation.
   optimize = jax.config.read("jax_disable_most_optimizations")
@@ -142,19 +137,22 @@ def test_compare_script_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, ca
     compare.main(argv)
   finally:
     jax.config.update("jax_disable_most_optimizations", optimize)
-  runs = {"resnet8", *(f"resnet8-resnet8/{m}/seed{s}" for m in ("none", "kd")
-                       for s in (0, 1))}
+  runs = {"resnet20", *(f"resnet20-resnet8/{m}/seed_{s}" for m in ("none", "kd")
+                        for s in (0, 1))}
   for run in runs:
     with open(workdir / run / "result.json", encoding="utf-8") as f:
       assert json.load(f)["step"] == 2
-  rows = _cells((workdir / "comparison.md").read_text(encoding="utf-8"))
-  assert list(rows) == ["teacher", "none (student alone)", "kd"]
-  assert [r[5] for r in rows.values()] == ["1", "2", "2"]
-  with open(workdir / "comparison.json", encoding="utf-8") as f:
+  assert not (workdir / "resnet20-resnet8" / "ickd").exists()
+  rows = _cells((workdir / "results.md").read_text(encoding="utf-8"))
+  assert list(rows) == ["teacher", "none (student alone)", "kd", "ickd"]
+  assert [r[5] for r in rows.values()] == ["1", "2", "2", "0"]
+  assert rows["ickd"][2].startswith("n/a (PairingError")
+  with open(workdir / "results.json", encoding="utf-8") as f:
     kd = json.load(f)["pairs"][0]["runs"]["kd"]
-  with open(workdir / "resnet8-resnet8/kd/seed1/result.json", encoding="utf-8") as f:
-    assert kd["top1"][1] == json.load(f)["top1"]
-  assert (workdir / "comparison.png").stat().st_size > 0
+  for s in (0, 1):
+    with open(workdir / f"resnet20-resnet8/kd/seed_{s}/result.json", encoding="utf-8") as f:
+      assert kd["top1"][s] == json.load(f)["top1"]
+  assert (workdir / "results.png").stat().st_size > 0
 
   before = _snapshot(workdir)
   assert len(before) == 2 * len(runs)
@@ -162,4 +160,14 @@ def test_compare_script_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, ca
   compare.main(argv)
   assert _snapshot(workdir) == before  # nothing retrained, no result rewritten
   assert capsys.readouterr().out.count("finished earlier") == len(runs)
-  assert (workdir / "comparison.md").read_text(encoding="utf-8").count("| kd |") == 1
+  assert (workdir / "results.md").read_text(encoding="utf-8").count("| kd |") == 1
+
+
+def test_short_runs_keep_every_step_decay():
+  """--epochs=2 of CIFAR's 150/180/210-of-240 schedule: three decays (not two, as when
+  the scaled epochs were rounded and de-duplicated), at their relative place."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict(dict(schedule=dict(num_epochs=240,
+                                                   decay_epochs=(150, 180, 210))))
+  compare.scale_epochs(c, 2)
+  assert c.schedule.decay_epochs == (150 / 120, 180 / 120, 210 / 120)

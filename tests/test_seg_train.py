@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from afd_jax import checkpointing, metric_writer, suite, train
+from afd_jax import checkpointing, metric_writer, plan, train
 from afd_jax.analysis import segmentation
 from config_loading import load
 
@@ -95,13 +95,15 @@ def test_segmentation_quickstart_runs_end_to_end(digits_seg_data_dir, tmp_path, 
   for name in c.run_order:
     c.runs[name].data.data_dir = digits_seg_data_dir
     c.runs[name].num_devices = 1  # runlocal's batch of 4 (the tests have 8 fake devices)
-  results = suite.run_suite(c, str(tmp_path))
+  results = plan.run_plan(plan.from_config(c), str(tmp_path))["runs"]
   assert list(results) == ["teacher", "student", "student_tat"]
   for name, r in results.items():
-    assert r["score"] == "miou" and len(r["miou"]) == 1 and 0 <= r["miou"][0] <= 100
+    assert 0 <= r["miou"] <= 100 and r["best_miou"] >= r["miou"]
   table = open(tmp_path / "results.md").read()
-  assert "| run | model | method | teacher | test mIoU (%) | best mIoU (%) | seeds |" in table
-  assert "| student_tat | deeplabv3p_mobilenetv2 | tat | deeplabv3p_resnet18 |" in table
+  assert "| method | model | mIoU (%) | best mIoU (%) | Δ vs none | seeds |" in table
+  assert "### deeplabv3p_resnet18 → deeplabv3p_mobilenetv2" in table
+  tat = next(line for line in table.splitlines() if line.startswith("| tat |"))
+  assert tat.split(" | ")[1:3] == ["deeplabv3p_mobilenetv2", f"{results['student_tat']['miou']:.2f}"]
   assert table in capsys.readouterr().out
   for name in results:  # every run drew its pictures; the students' have a teacher column
     grid = np.asarray(Image.open(tmp_path / name / segmentation.PREDICTIONS_PNG))

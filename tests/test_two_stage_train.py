@@ -1,6 +1,7 @@
 """The loop's init phase (AB, FT, FSP) and CRD's memory bank in real runs: what each phase
 trains, the hand-over between phases, exact resume after a kill in either phase, and the
 bank checkpointed, resumed and sharded over devices."""
+import json
 import os
 
 import chex
@@ -9,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from afd_jax import checkpointing, metric_writer, train
+from afd_jax import checkpointing, init_phase, metric_writer, plan, train
 from config_loading import distill, load, tiny_config
 
 
@@ -18,7 +19,7 @@ def teacher_dir(digits_data_dir, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("teacher"))
   config = tiny_config(digits_data_dir)
   config.schedule.num_epochs = 1
-  train.train_and_evaluate(config, wd)
+  plan.train_run(config, wd)
   return wd
 
 
@@ -61,7 +62,14 @@ def test_runlocal_init_phase_trains_only_its_parts_and_hands_over(method, digits
   config.data.data_dir = digits_data_dir
   fresh = _fresh(config, str(tmp_path / "fresh"))
   wd = str(tmp_path / "run")
-  result = train.train_and_evaluate(config, wd)
+  handed = []
+
+  def phase(run):  # `init_phase.run`, its seconds recorded (and marked: + 1000 s)
+    state, seconds = init_phase.run(run)
+    handed.append(seconds)
+    return state, seconds + 1000.0
+
+  result = train.train_and_evaluate(config, wd, init_phase=phase)
   assert result["step"] == config.max_steps == 2
   losses = [r["train/loss"] for r in metric_writer.read_metrics(wd) if "train/loss" in r]
   assert losses and np.all(np.isfinite(losses))
@@ -86,6 +94,12 @@ def test_runlocal_init_phase_trains_only_its_parts_and_hands_over(method, digits
                                 phase["params"]["method"]["paraphraser"])
     assert _changed(phase["params"]["method"], final["params"]["method"])["translator"]
   assert _changed(phase["params"]["student"], final["params"]["student"])[head]
+  # The phase's time (as its last checkpoint saved it) is the run's time too: it was once
+  # left out of result.json.
+  with open(os.path.join(wd, "init_phase", "checkpoints", "2", "meta", "metadata"),
+            encoding="utf-8") as f:
+    assert handed == [json.load(f)["train_seconds"]] and handed[0] > 0
+  assert result["train_seconds"] > handed[0] + 1000.0
 
 
 def _fsp_config(data_dir, teacher_dir):
@@ -98,7 +112,7 @@ def _fsp_config(data_dir, teacher_dir):
 @pytest.fixture(scope="module")
 def fsp_straight(digits_data_dir, teacher_dir, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("fsp_straight"))
-  train.train_and_evaluate(_fsp_config(digits_data_dir, teacher_dir), wd)
+  plan.train_run(_fsp_config(digits_data_dir, teacher_dir), wd)
   return wd
 
 
@@ -108,13 +122,13 @@ def test_a_kill_in_either_phase_resumes_identically(instant, digits_data_dir, te
   wd = str(tmp_path / "killed")
   monkeypatch.setenv("AFD_JAX_INJECT", instant)
   with pytest.raises(train.Preempted) as stopped:
-    train.train_and_evaluate(_fsp_config(digits_data_dir, teacher_dir), wd)
+    plan.train_run(_fsp_config(digits_data_dir, teacher_dir), wd)
   assert stopped.value.step == int(instant[5:])
   in_init = checkpointing.latest_step(wd) == 0
   assert in_init == (instant == "step@2")
   phase_files = sorted(os.listdir(os.path.join(wd, "init_phase", "checkpoints")))
   monkeypatch.delenv("AFD_JAX_INJECT")
-  train.train_and_evaluate(_fsp_config(digits_data_dir, teacher_dir), wd)
+  plan.train_run(_fsp_config(digits_data_dir, teacher_dir), wd)
   if not in_init:  # a finished init phase is never rerun
     assert sorted(os.listdir(os.path.join(wd, "init_phase", "checkpoints"))) == phase_files
   for sub in ("checkpoints", "init_phase/checkpoints"):
@@ -135,7 +149,7 @@ def test_crd_bank_sharded_over_8_devices_checkpointed_and_resumed_identically(
   # A small lr: exp(score / 0.07) amplifies the devices' different summation order.
   config.optim.lr = 0.002
   one = str(tmp_path / "one")
-  train.train_and_evaluate(config, one)
+  plan.train_run(config, one)
   config.num_devices = 8
   run = train.open_run(config, str(tmp_path / "fresh"))
   run.ckpts.close()
@@ -145,7 +159,7 @@ def test_crd_bank_sharded_over_8_devices_checkpointed_and_resumed_identically(
            if "memory" in jax.tree_util.keystr(path)]
   assert specs == [P("data")] * 2  # 64 rows: 8 per device
   eight = str(tmp_path / "eight")
-  train.train_and_evaluate(config, eight)
+  plan.train_run(config, eight)
   _, done = _final(eight)
   # (The gradients, i.e. momentum traces, differ by the summation order times CRD's
   # 1/τ-scaled magnitudes: ~1e-3; after lr 0.002 steps the variables agree closely.)
@@ -160,7 +174,7 @@ def test_crd_bank_sharded_over_8_devices_checkpointed_and_resumed_identically(
   killed = str(tmp_path / "killed")
   monkeypatch.setenv("AFD_JAX_INJECT", "step@2")
   with pytest.raises(train.Preempted):
-    train.train_and_evaluate(config, killed)
+    plan.train_run(config, killed)
   monkeypatch.delenv("AFD_JAX_INJECT")
-  train.train_and_evaluate(config, killed)
+  plan.train_run(config, killed)
   chex.assert_trees_all_close(_final(killed)[1], done, rtol=1e-6, atol=1e-6)

@@ -1,6 +1,7 @@
 """A method comparison as a table and a bar chart: pure functions of collected results.
 
-`experiments/compare.py` trains methods × teacher→student pairs × seeds and collects
+`afd_jax.plan` trains a plan's runs (methods × teacher→student pairs × seeds × sweeps) and
+collects
 
     {"dataset": "cifar100",
      "pairs": [{"teacher": "wrn_40_2", "student": "wrn_16_2",
@@ -77,8 +78,8 @@ def summarize(dataset: str, pair: dict[str, Any],
     if paper is not None:
       if method == TEACHER:
         published = paper(dataset, BASELINE, run["model"], None)
-      else:
-        published = paper(dataset, method, run["model"], pair["teacher"])
+      elif method == run.get("method", method):  # (a swept row has no published number)
+        published = paper(dataset, method, run["model"], pair["teacher"] or None)
     if run.get("error"):
       rows.append(Row(method, run["model"], 0, paper=published, error=run["error"]))
       continue
@@ -109,13 +110,20 @@ def _label(method: str) -> str:
   return {TEACHER: "teacher", BASELINE: "none (student alone)"}.get(method, method)
 
 
-def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = None) -> str:
-  """One pair's Markdown table: method, model, top-1 and best top-1 (mean ± std over
-  seeds), the change of the mean top-1 against the student alone, seeds, paper top-1."""
+SCORE_LABELS = {"top1": "top-1", "miou": "mIoU"}
+
+
+def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = None,
+               score: str = "top1") -> str:
+  """One pair's Markdown table: method, model, score and best score (mean ± std over
+  seeds), the change of the mean score against the student alone, seeds, paper number.
+  `score`: ``'top1'`` or ``'miou'`` (the runs' values are under ``top1``/``best_top1``
+  either way)."""
   rows = summarize(dataset, pair, paper)
   base = next((r.top1 for r in rows if r.method == BASELINE and r.error is None), None)
-  lines = ["| method | model | top-1 (%) | best top-1 (%) | Δ vs none | seeds | "
-           "paper top-1 (%) |", "|---|---|---|---|---|---|---|"]
+  name = SCORE_LABELS[score]
+  lines = [f"| method | model | {name} (%) | best {name} (%) | Δ vs none | seeds | "
+           f"paper {name} (%) |", "|---|---|---|---|---|---|---|"]
   for r in rows:
     published = DASH if r.paper is None else f"{r.paper[0]:.2f} ({r.paper[1]})"
     if r.error is not None:
@@ -132,14 +140,13 @@ def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = N
 
 def markdown(results: dict[str, Any], paper: PaperLookup | None = None) -> str:
   """The whole comparison: one section and table per pair (see `pair_table`)."""
-  dataset = results["dataset"]
+  dataset, score = results["dataset"], results.get("score", "top1")
   parts = [f"## Comparison on {dataset}", "",
-           "Top-1: the final evaluation of each run; best: the best evaluation during "
-           "training; mean ± std (ddof 1) over seeds. Paper: the published number "
-           "(configs/pairs.py), – where none."]
+           f"{SCORE_LABELS[score]}: the final evaluation of each run; best: the best "
+           "evaluation during training; mean ± std (ddof 1) over seeds. Paper: the "
+           "published number (configs/pairs.py), – where none."]
   for pair in results["pairs"]:
-    parts += ["", f"### {pair['teacher']} → {pair['student']}", "",
-              pair_table(dataset, pair, paper)]
+    parts += ["", f"### {pair_title(pair)}", "", pair_table(dataset, pair, paper, score)]
   return "\n".join(parts) + "\n"
 
 
@@ -151,6 +158,11 @@ def summary_json(results: dict[str, Any], paper: PaperLookup | None = None
     rows = [dataclasses.asdict(r) for r in summarize(results["dataset"], pair, paper)]
     out["pairs"].append(dict(pair, summary=rows))
   return out
+
+
+def pair_title(pair: dict[str, Any]) -> str:
+  """``'wrn_40_2 → wrn_16_2'``; a section without a teacher (or student): the one model."""
+  return " → ".join(filter(None, (pair["teacher"], pair["student"])))
 
 
 def _colour(method: str) -> str:
@@ -197,10 +209,12 @@ def comparison_figure(results: dict[str, Any], paper: PaperLookup | None = None)
         ax.text(i, 0.5, "n/a", transform=ax.get_xaxis_transform(), ha="center",
                 va="center", fontsize=9, color="tab:red")
     ax.set_xticks(x, labels=[r.method for r in rows], rotation=45, ha="right")
-    ax.set(title=f"{pair['teacher']} → {pair['student']}", ylabel="top-1 (%)")
+    ax.set(title=pair_title(pair),
+           ylabel=f"{SCORE_LABELS[results.get('score', 'top1')]} (%)")
     if marked:
       ax.legend(fontsize=7, loc="best")
-  fig.suptitle(f"{results['dataset']}: mean top-1 over seeds", fontsize=10)
+  fig.suptitle(f"{results['dataset']}: mean "
+               f"{SCORE_LABELS[results.get('score', 'top1')]} over seeds", fontsize=10)
   fig.tight_layout()
   return fig
 

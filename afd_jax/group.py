@@ -1,0 +1,279 @@
+"""A vmapped group: runs that differ only in seed or in traced scalars, as one program.
+
+`afd_jax.plan` forms the groups; this module trains one. Member k is an ordinary run's
+config (``members[k].config``) whose ``seed`` and `hparams` (``{'method.beta': 100.0,
+'optim.lr': 0.05, ...}``: numeric method fields, `train_state.OPTIMIZER_HPARAMS`) may
+differ from the other members'; everything else is equal. Params, optimizer state,
+BatchNorm statistics, method state and step are stacked on a leading axis S; member k is
+initialised as its own run (``train_state.create`` of its own networks, key
+``PRNGKey(seed)``) and draws its own run's batches (the device-resident split,
+`device_data`), and its step is built with its values traced (`seeds.vmapped_steps`), so
+it computes what its own run computes (to float rounding; tested to 1e-5).
+
+The stacked state is one orbax checkpoint in the group's own workdir (resumes as any run,
+``best/`` holds the best *mean* score). At eval times each member is evaluated in turn
+(one compiled eval step for all). ``metrics.jsonl`` rows hold ``<member>/train/...`` and
+``<member>/eval/...`` per member, ``eval/<metric>`` their mean and ``eval/<metric>_std``.
+The method's eval analyses (e.g. AFD's link heatmap) are not run. When the group
+finishes, each member's own workdir gets its ``config.json`` and ``result.json``, as if
+it had run alone, so that a plan skips it like any finished run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from afd_jax import (methods, metric_writer, models, parallel, seeds as seeds_lib, steps,
+                     train, train_state)
+from afd_jax import workdir as workdir_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of a group: its name (for metrics), workdir, config and traced values."""
+  name: str
+  workdir: str
+  config: ml_collections.ConfigDict
+  hparams: dict[str, float]
+
+
+def _std(values) -> float:
+  """The sample standard deviation (ddof 1); 0 for one value."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def stacked_create(members: tuple[Member, ...]):
+  """`train.open_run`'s ``make_create`` for the group: every member's fresh state,
+  stacked (S, ...); member k is ``train_state.create(its own networks, PRNGKey(its
+  seed))``, as its own run's (unrolled, not vmapped: the initialisation draws 'rbg' bits,
+  which vmap may change)."""
+
+  def make_create(nets, build):
+    del nets
+    own = [build(m.config) for m in members]
+
+    def create(rng, image_size):
+      del rng  # each member's own key
+      states = [train_state.create(n, jax.random.PRNGKey(m.config.seed), image_size)
+                for n, m in zip(own, members)]
+      # One static part (apply_fn, tx) for the stack; each member's step uses its own tx.
+      states = [s.replace(apply_fn=states[0].apply_fn, tx=states[0].tx) for s in states]
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    return create
+
+  return make_create
+
+
+class Dispatcher:
+  """``dispatcher(states, n) -> (states, metrics (n, S))``: n vmapped steps in one call
+  (`multi_step.Dispatcher` for stacked states; one program per n, states donated)."""
+
+  def __init__(self, run: train.Run, members: tuple[Member, ...], member_nets):
+    self.run, self.member_nets = run, member_nets
+    self.rep, self.sharded = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
+    self.seeds = jax.device_put(jnp.asarray([m.config.seed for m in members], jnp.int32),
+                                self.rep)
+    self.hparams = jax.device_put(
+        {k: jnp.asarray([m.hparams[k] for m in members], jnp.float32)
+         for k in members[0].hparams}, self.rep)
+    self.programs = {}
+
+  def __call__(self, states, n: int):
+    run = self.run
+    if n not in self.programs:
+      fn = functools.partial(seeds_lib.vmapped_steps, run.nets, run.sampler, n,
+                             batch_sharding=self.sharded, member_nets=self.member_nets)
+      self.programs[n] = jax.jit(
+          lambda states, data, seeds, teacher, hp: fn(states, data, seeds, teacher,
+                                                      hparams=hp),
+          in_shardings=(self.rep,) * 5, out_shardings=(self.rep, self.rep),
+          donate_argnums=(0,))
+    return self.programs[n](states, run.train_data, self.seeds, run.teacher_vars,
+                            self.hparams)
+
+
+class _Gather:
+  """A `metric_writer.MetricWriter` stand-in: one member's scalars, renamed."""
+
+  def __init__(self, prefix: str, into: dict):
+    self.prefix, self.into = prefix, into
+
+  def write_scalars(self, step: int, values) -> None:
+    del step
+    self.into.update({self.prefix + k: float(v) for k, v in values.items()})
+
+
+class _TrainLog:
+  """Train metrics of every member, fetched once per log; each member through its own
+  `metric_writer.TrainWindow` (its divergence check), one row: per member and mean."""
+
+  def __init__(self, writer, names, batch_size: int):
+    self.writer, self.names, self.metrics, self.row = writer, names, [], {}
+    self.windows = [metric_writer.TrainWindow(_Gather(f"{n}/", self.row), batch_size)
+                    for n in names]
+
+  def write(self, step: int, bar) -> None:
+    if not self.metrics:
+      return
+    got = jax.device_get(self.metrics)  # [{name: (n, S)}]
+    self.metrics = []
+    self.row.clear()
+    for k, window in enumerate(self.windows):
+      window.metrics = [{name: v[:, k] for name, v in m.items()} for m in got]
+      window.write(step, bar)
+    first = f"{self.names[0]}/"
+    for name in [n[len(first):] for n in self.row if n.startswith(first)]:
+      per = [self.row[f"{m}/{name}"] for m in self.names]
+      self.row[name] = float(np.sum(per) if name.endswith("images_per_sec") else np.mean(per))
+    self.writer.write_scalars(step, self.row)
+
+
+def _evaluate(run: train.Run, states, step: int, members, evaluate, writer) -> None:
+  """Evaluates each member's student; keeps per-member bests and the best mean checkpoint."""
+  score, row, per = evaluate.score, {}, {}
+  for k, m in enumerate(members):
+    per[m.name] = evaluate(run.nets.student,
+                           train_state.student_variables(seeds_lib.unstack(states, k)))
+    row.update({f"{m.name}/eval/{key}": v for key, v in per[m.name].items()})
+  for key in per[members[0].name]:
+    v = [r[key] for r in per.values()]
+    row[f"eval/{key}"], row[f"eval/{key}_std"] = float(np.mean(v)), _std(v)
+  writer.write_scalars(step, row)
+  logging.info("step %d (epoch %.2f): eval %s %s (mean %.2f)", step,
+               step / run.steps_per_epoch, score,
+               ", ".join(f"{n}: {r[score]:.2f}" for n, r in per.items()), row[f"eval/{score}"])
+  best = run.meta.setdefault("best_members", {m.name: -1.0 for m in members})
+  for n, r in per.items():
+    best[n] = max(best[n], r[score])
+  run.meta["last_eval_members"] = {n: dict(r, step=step) for n, r in per.items()}
+  if row[f"eval/{score}"] > run.meta.get(f"best_{score}", -1.0):
+    run.meta[f"best_{score}"] = row[f"eval/{score}"]
+    run.ckpts.save_best(step, states, dict(run.meta, epoch=step / run.steps_per_epoch),
+                        row[f"eval/{score}"])
+
+
+def untraceable(members: tuple[Member, ...]) -> str | None:
+  """Why the members' traced values cannot be traced through one train step (a field
+  that sets a shape or drives Python control flow), or None when they can.
+
+  Traces (abstractly, nothing computed) the first member's train step with its
+  `Member.hparams` as traced scalars and checks the new state has the old structure.
+  """
+  paths = sorted(members[0].hparams)
+  if not paths:
+    return None
+  config = copy.deepcopy(members[0].config)
+  dataset = train.open_dataset(config)
+  size = config.data.image_size = dataset.info.image_size
+  spe = max(1, dataset.steps_per_epoch(config.batch_size))
+  labels = (np.arange(dataset.info.num_train_examples) % dataset.info.num_classes
+            if methods.needs_labels(config.method.name) else None)
+  build = functools.partial(train_state.build_networks, config,
+                            dataset.info.num_classes, spe, labels)
+  nets = build()
+  state = jax.eval_shape(functools.partial(train_state.create, nets, image_size=size),
+                         jax.random.PRNGKey(0))
+  b = config.batch_size
+  label_shape = (b, size, size) if models.is_segmentation(config.model.name) else (b,)
+  batch = {"image": jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct(label_shape, jnp.int32),
+           "index": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  teacher = (train_state.abstract_teacher_variables(nets, size)
+             if nets.teacher is not None else None)
+  step = lambda hp, st, bt, tv: steps.train_step(build(hparams=hp), st, bt, tv)[0]  # noqa: E731
+  try:
+    new = jax.eval_shape(step, {p: jax.ShapeDtypeStruct((), jnp.float32) for p in paths},
+                         state, batch, teacher)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
+          jax.errors.TracerIntegerConversionError, TypeError, ValueError) as e:
+    return f"{', '.join(paths)} cannot be traced ({type(e).__name__})"
+  if jax.tree.structure(new) != jax.tree.structure(state):
+    return f"{', '.join(paths)} change the train state's structure"
+  return None
+
+
+def group_config(members: tuple[Member, ...]) -> ml_collections.ConfigDict:
+  """The config a group's workdir records: the first member's, with every member's seed
+  (``seeds``) — the traced values are in the workdir's name (`afd_jax.plan`)."""
+  c = ml_collections.ConfigDict(members[0].config.to_dict())
+  c.seeds = tuple(m.config.seed for m in members)
+  return c
+
+
+def train_group(members: tuple[Member, ...], workdir: str,
+                allow_config_change: bool = False) -> dict[str, dict[str, Any]]:
+  """Trains (or resumes) the group in `workdir`; writes each member's own result.
+
+  Returns:
+    ``{member name: its final metrics}`` (the keys of `train.train_and_evaluate`'s).
+
+  Raises:
+    ValueError: a two-stage method, or no device-resident split; all that
+      `train.train_and_evaluate` raises.
+  """
+  config = members[0].config
+  recorded = group_config(members)
+  path, dataset = train.claim(recorded, workdir, allow_config_change)
+  run = train.open_run(config, path, dataset=dataset, make_create=stacked_create(members))
+  if run.nets.distiller.init_phase is not None or run.sampler is None:
+    run.ckpts.close()
+    why = (f"the two-stage method {config.method.name!r} has an init phase"
+           if run.nets.distiller.init_phase is not None else
+           f"config.data.pipeline={config.data.pipeline!r} chose tf.data for "
+           f"{config.data.name!r}")
+    raise ValueError(f"a vmapped group cannot train here: {why}; accepted: "
+                     "config.vmap_seeds=False (the runs one after another), or a "
+                     "one-stage method on a dataset the 'device' pipeline holds")
+
+  def member_nets(hp):
+    return run.build(config, hparams=hp)
+
+  loop = train.begin(run, int(run.state.step[0]))
+  logging.info("Resolved config (%d members vmapped: %s):\n%s", len(members),
+               ", ".join(m.name for m in members), run.config)
+  names = [m.name for m in members]
+  try:
+    train.run_steps(
+        run, run.state, loop.start, loop.stop, Dispatcher(run, members, member_nets),
+        _TrainLog(loop.writer, names, config.batch_size),
+        lambda state, step: _evaluate(run, state, step, members, loop.evaluate,
+                                      loop.writer))
+  finally:
+    loop.writer.close()
+    run.ckpts.close()
+  return _member_results(run, members, loop)
+
+
+def _member_results(run: train.Run, members, loop: train.Loop
+                    ) -> dict[str, dict[str, Any]]:
+  """Each member's final metrics, written into its own workdir (chief) as a run's."""
+  score, meta = loop.evaluate.score, run.meta
+  seconds = run.saved_seconds if loop.stop > loop.start else meta["train_seconds"]
+  out = {}
+  for m in members:
+    result = {"step": loop.stop, f"best_{score}": meta.get("best_members", {}).get(m.name,
+                                                                                   -1.0),
+              "train_seconds": seconds / len(members), "vmapped_with": len(members),
+              **{k: v for k, v in meta.get("last_eval_members", {}).get(m.name, {}).items()
+                 if k not in ("step", "loss")}}
+    if f"teacher_{score}" in meta:
+      result[f"teacher_{score}"] = meta[f"teacher_{score}"]
+    if parallel.is_chief():  # the member's workdir: as its own finished run's
+      os.makedirs(m.workdir, exist_ok=True)
+      with open(os.path.join(m.workdir, workdir_lib.CONFIG_FILE), "w",
+                encoding="utf-8") as f:
+        json.dump(workdir_lib.resolved(m.config), f, indent=2)
+      workdir_lib.write_result(m.workdir, result)
+    out[m.name] = result
+  return out

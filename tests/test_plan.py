@@ -1,0 +1,236 @@
+"""Experiment plans (`afd_jax.plan`, `afd_jax.group`): axes expanded into runs, the whole
+plan validated before anything trains, a vmapped β × seed group equal to its members' own
+runs (through a kill-free stop and resume), one table, and no import circle in the package."""
+import ast
+import json
+import os
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from afd_jax import checkpointing, metric_writer, plan
+from afd_jax import workdir as workdir_lib
+from config_loading import load, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BETAS, SEEDS = (20.0, 80.0), (0, 1)
+
+
+def _afd_config(data_dir, **overrides):
+  """AFD on digits, device path, a random-init resnet8 teacher: one epoch of 4 steps,
+  2 per dispatch, 16 eval images. lr 0.002 keeps the vmapped programs' float rounding
+  (1e-8) from growing past the 1e-5 compared here."""
+  c = tiny_config(data_dir, **overrides)
+  c.optim.lr = 0.002
+  c.data.update(dict(pipeline="device", num_eval_examples=16))
+  c.eval_batch_size = 16
+  c.schedule.num_epochs = 1
+  c.steps_per_dispatch = 2
+  c.teacher.update(dict(name="resnet8", random_init=True))
+  c.method = dict(name="afd")
+  return c
+
+
+def _state(workdir):
+  step = checkpointing.latest_step(workdir)
+  return step, checkpointing.read_numpy(os.path.join(workdir, "checkpoints", str(step),
+                                                     "state"))
+
+
+def _sweep_plan(data_dir, **overrides):
+  c = _afd_config(data_dir, seeds=SEEDS, vmap_seeds=True, **overrides)
+  return plan.from_config(c, {"method.beta": ",".join(map(str, BETAS))})
+
+
+@pytest.fixture(scope="module")
+def sweep(digits_data_dir, tmp_path_factory):
+  """β ∈ BETAS × SEEDS as one vmapped group (stopped at step 2, then resumed to 4), and
+  its last member (β and seed both not the config's) as an ordinary run of its own."""
+  root = tmp_path_factory.mktemp("plan")
+  out = {"root": str(root / "sweep")}
+  out["first"] = plan.run_plan(_sweep_plan(digits_data_dir, max_steps=2), out["root"])
+  out["second"] = plan.run_plan(_sweep_plan(digits_data_dir), out["root"])
+  for beta, seed in ((BETAS[1], SEEDS[1]),):
+    c = _afd_config(digits_data_dir, seed=seed)
+    c.method.beta = beta
+    path = str(root / f"alone_{beta:g}_{seed}")
+    out[(beta, seed)] = (path, plan.train_run(c, path))
+  return out
+
+
+def test_axes_expand_to_named_runs_in_one_layout(digits_data_dir):
+  p = _sweep_plan(digits_data_dir)
+  assert [r.name for r in p.runs] == [f"beta={b:g}/seed_{s}" for b in BETAS for s in SEEDS]
+  assert [r.row for r in p.runs] == [f"afd beta={b:g}" for b in BETAS for s in SEEDS]
+  for r in p.runs:
+    assert r.config.method.beta == r.hparams["method.beta"]
+    assert r.config.seeds is None and not r.config.vmap_seeds
+  single = plan.from_config(_afd_config(digits_data_dir))
+  assert single.single and single.runs[0].name == ""
+  c = _afd_config(digits_data_dir)
+  two = plan.from_config(c, {"optim.lr": "0.1,0.2", "method.temperature": "4"})
+  assert [r.name for r in two.runs] == ["optim.lr=0.1,temperature=4", "optim.lr=0.2,temperature=4"]
+  assert two.runs[1].config.optim.lr == 0.2
+  assert two.runs[1].config.method.temperature == 4.0
+
+
+@pytest.mark.parametrize("sweep_, match", [
+    ({"optim.lrr": "0.1"}, r"config has no field 'optim.lrr'"),
+    ({"method.bta": "1"}, r"method 'afd' has no field\(s\) \['bta'\]"),
+    ({"optim": "1"}, r"'optim' is not a scalar field"),
+    ({"optim.lr": "x"}, r"optim.lr='x' does not parse"),
+])
+def test_bad_sweeps_are_clear_errors(sweep_, match, digits_data_dir):
+  with pytest.raises(ValueError, match=match):
+    plan.from_config(_afd_config(digits_data_dir), sweep_)
+
+
+def test_a_typo_in_the_last_run_fails_before_anything_trains(digits_data_dir, tmp_path):
+  """The quickstart suite with a run whose method field is wrong: the plan names the run
+  and the field within seconds, and no run has a workdir."""
+  suite = load("quickstart.py", "runlocal,methods=kd+afd")
+  for run in suite.runs.values():
+    run.data.data_dir = digits_data_dir
+  suite.runs.student_afd.method.betta = 5.0
+  start = time.time()
+  with pytest.raises(plan.PlanError, match=r"run 'student_afd'.*no field\(s\) \['betta'\]"):
+    plan.run_plan(plan.from_config(suite), str(tmp_path / "quick"))
+  assert time.time() - start < 60
+  assert not os.path.exists(tmp_path / "quick" / "teacher")
+  suite.runs.student_afd.method = dict(name="kdd")
+  with pytest.raises(ValueError, match=r"Unknown method 'kdd'"):
+    plan.run_plan(plan.from_config(suite), str(tmp_path / "quick"))
+  assert not os.path.exists(tmp_path / "quick" / "teacher")
+
+
+def test_a_missing_teacher_checkpoint_names_the_run(digits_data_dir, tmp_path):
+  c = _afd_config(digits_data_dir, seeds=SEEDS)
+  c.teacher.update(dict(random_init=False, checkpoint=str(tmp_path / "nowhere")))
+  with pytest.raises(plan.PlanError, match=r"run 'seed_0'.*nowhere' does not exist"):
+    plan.run_plan(plan.from_config(c), str(tmp_path / "p"))
+  assert not os.path.exists(tmp_path / "p")
+
+
+def test_vmapped_members_equal_their_own_runs(sweep):
+  """Member (β, seed) of the stacked checkpoint == the run of that β and seed (params and
+  BN statistics to 1e-5; the momentum traces, unscaled gradient sums, 1/lr = 500 times
+  as sensitive to float rounding, to 1e-3), though the group stopped at step 2 and
+  resumed."""
+  groups = [d for d in os.listdir(sweep["root"]) if d.startswith("vmapped_")]
+  assert len(groups) == 1
+  step, stacked = _state(os.path.join(sweep["root"], groups[0]))
+  assert step == 4 and np.asarray(stacked["step"]).tolist() == [4] * 4
+  names = [f"beta={b:g}/seed_{s}" for b in BETAS for s in SEEDS]
+  for (beta, seed), k in (((BETAS[1], SEEDS[1]), 3),):
+    path, alone_result = sweep[(beta, seed)]
+    _, alone = _state(path)
+    mine = jax.tree.map(lambda x, k=k: x[k], stacked)
+    for part in ("params", "batch_stats"):
+      chex.assert_trees_all_close(mine[part], alone[part], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(mine["opt_state"], alone["opt_state"], rtol=1e-3,
+                                atol=1e-4)
+    member = sweep["second"]["runs"][names[k]]
+    assert member["top1"] == pytest.approx(alone_result["top1"], abs=1e-3)
+  # β and the seed both matter: members 0 (β 20, seed 0) and 2 (β 80, seed 0) share
+  # their init and batches, so only β separates them.
+  m0, m2 = (jax.tree.map(lambda x, k=k: x[k], stacked["params"]["method"]) for k in (0, 2))
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(m0), jax.tree.leaves(m2)))
+
+
+def test_members_are_finished_runs_and_a_rerun_skips_them(sweep, digits_data_dir, capsys):
+  for r in _sweep_plan(digits_data_dir).runs:
+    path = os.path.join(sweep["root"], r.name)
+    assert plan.finished_result(r.config, path) == sweep["second"]["runs"][r.name]
+  again = plan.run_plan(_sweep_plan(digits_data_dir), sweep["root"])
+  assert again["runs"] == sweep["second"]["runs"]
+  assert capsys.readouterr().out.count("finished earlier") == 4
+
+
+def test_table_rows_mean_std_over_seeds(sweep):
+  runs = sweep["second"]["runs"]
+  table = (open(os.path.join(sweep["root"], "results.md"), encoding="utf-8").read())
+  for beta in BETAS:
+    top1 = [runs[f"beta={beta:g}/seed_{s}"]["top1"] for s in SEEDS]
+    expected = f"{np.mean(top1):.2f} ± {np.std(top1, ddof=1):.2f}"
+    row = next(line for line in table.splitlines() if line.startswith(f"| afd beta={beta:g} "))
+    assert row.split(" | ")[2] == expected and row.split(" | ")[5] == "2"
+  summary = json.load(open(os.path.join(sweep["root"], "results.json"), encoding="utf-8"))
+  assert summary["runs"] == json.loads(json.dumps(runs))
+  assert open(os.path.join(sweep["root"], "results.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_group_metrics_per_member(sweep):
+  groups = [d for d in os.listdir(sweep["root"]) if d.startswith("vmapped_")]
+  rows = metric_writer.read_metrics(os.path.join(sweep["root"], groups[0]))
+  evals = [r for r in rows if "eval/top1" in r]
+  assert [r["step"] for r in evals] == [2, 4]
+  names = [f"beta={b:g}/seed_{s}" for b in BETAS for s in SEEDS]
+  per = [evals[1][f"{n}/eval/top1"] for n in names]
+  assert evals[1]["eval/top1"] == pytest.approx(np.mean(per), abs=1e-4)
+  assert evals[1]["eval/top1_std"] == pytest.approx(np.std(per, ddof=1), abs=1e-4)
+  for n in names:
+    assert sweep["second"]["runs"][n]["best_top1"] == max(r[f"{n}/eval/top1"] for r in evals)
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [2, 4]
+  for r in train_rows:
+    assert r["train/loss"] == pytest.approx(np.mean([r[f"{n}/train/loss"] for n in names]))
+
+
+def test_untraceable_fields_split_the_group(digits_data_dir):
+  """A field that sets a shape (AFD's qk_dim) cannot be traced: the group splits."""
+  from afd_jax import group  # pylint: disable=g-import-not-at-top
+  c = _afd_config(digits_data_dir, seeds=(0,), vmap_seeds=True)
+  members = tuple(group.Member(f"q{q}", "", r.config, {"method.qk_dim": q})
+                  for q, r in zip((8, 16), plan.from_config(c, {"method.qk_dim": "8,16"}).runs))
+  assert "method.qk_dim cannot be traced" in group.untraceable(members)
+  betas = tuple(group.Member(f"b{b}", "", r.config, {"method.beta": b}) for b, r in
+                zip(BETAS, plan.from_config(c, {"method.beta": "20,80"}).runs))
+  assert group.untraceable(betas) is None
+
+
+def _imports(path: str, package: str) -> set[str]:
+  """The afd_jax modules a source file imports anywhere (function bodies included)."""
+  tree = ast.parse(open(path, encoding="utf-8").read())
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names if a.name.startswith(package))
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      if node.module.startswith(package):
+        out.add(node.module)
+        out.update(f"{node.module}.{a.name}" for a in node.names)
+  return out
+
+
+def test_no_import_circle_in_the_package():
+  """Every import in afd_jax (lazy ones included) forms a graph without cycles."""
+  pkg = os.path.join(ROOT, "afd_jax")
+  modules = {}
+  for dirpath, _, files in os.walk(pkg):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(dirpath, f), ROOT)[:-3].replace(os.sep, ".")
+        modules[rel.removesuffix(".__init__")] = os.path.join(dirpath, f)
+  graph = {m: {i for i in _imports(p, "afd_jax") if i in modules and i != m}
+           for m, p in modules.items()}
+  # A package's __init__ importing its own submodules is not a cycle of behaviour.
+  for m in graph:
+    graph[m] = {i for i in graph[m] if not (m in modules and i.startswith(m + "."))}
+  state, cycles = {}, []
+
+  def visit(m, stack):
+    state[m] = 1
+    for n in sorted(graph[m]):
+      if state.get(n) == 1:
+        cycles.append(stack[stack.index(n):] + [n])
+      elif n not in state:
+        visit(n, stack + [n])
+    state[m] = 2
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m, [m])
+  assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
