@@ -6,11 +6,20 @@ Layout inside a run's workdir::
     best/<step>/{state,meta}          the single best one by eval top-1 (teachers load it)
 
 ``state`` is the train-state pytree (orbax `StandardSave`), ``meta`` a small JSON dict
-(epoch, best top-1 so far, model name, ...).
+(epoch, best top-1 so far, model name, ...). Each step directory also holds
+``digest.json``, the SHA-256 of every file orbax wrote, checked before the step is read:
+a checkpoint whose bytes changed (a damaged disk, a partial copy) is treated as unreadable
+instead of resuming from garbage.
 """
 from __future__ import annotations
 
+import errno
+import glob
+import hashlib
+import json
+import logging as std_logging
 import os
+import shutil
 from typing import Any
 
 from absl import logging
@@ -23,12 +32,148 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, corrupt or does not fit the model it is loaded into."""
 
 
+DIGEST_FILE = "digest.json"
+_CHUNK = 1 << 22
+
+
+def file_digests(step_dir: str) -> dict[str, str]:
+  """``{path relative to step_dir: sha256 hex}`` of every file in a step directory (but
+  `DIGEST_FILE`), in sorted order."""
+  out = {}
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel.startswith(DIGEST_FILE):  # the digest itself, or its temporary
+        continue
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):  # noqa: B023
+          h.update(chunk)
+      out[rel] = h.hexdigest()
+  return out
+
+
+def write_digest(step_dir: str) -> None:
+  """Records `file_digests` in ``<step_dir>/digest.json`` (atomically)."""
+  record = {"algorithm": "sha256", "files": file_digests(step_dir)}
+  tmp = os.path.join(step_dir, DIGEST_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(step_dir, DIGEST_FILE))
+
+
+def verify_digest(step_dir: str) -> None:
+  """Checks a step directory against its ``digest.json``.
+
+  A checkpoint written before digests were recorded (or killed between orbax's commit and
+  the digest write) has none and passes.
+
+  Raises:
+    CheckpointError: a file is missing or its content differs from the one saved; the
+      message names it.
+  """
+  path = os.path.join(step_dir, DIGEST_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      want = json.load(f)["files"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"checksum file {path} is unreadable ({type(e).__name__}: {e})"
+                          ) from None
+  got = file_digests(step_dir)
+  for rel, digest in sorted(want.items()):
+    if rel not in got:
+      raise CheckpointError(f"{os.path.join(step_dir, rel)} is missing (listed in "
+                            f"{DIGEST_FILE})")
+    if got[rel] != digest:
+      raise CheckpointError(f"{os.path.join(step_dir, rel)} does not match its checksum "
+                            f"in {DIGEST_FILE}: its content changed after it was saved")
+
+
+def remove_temporary(directory: str) -> list[str]:
+  """Deletes orbax's unfinished ``*.orbax-checkpoint-tmp*`` step directories in
+  `directory` (a write that failed, e.g. on a full disk; never a committed checkpoint).
+  Returns the paths removed."""
+  removed = []
+  if jax.process_index() != 0:
+    return removed
+  for path in glob.glob(os.path.join(glob.escape(directory), "*.orbax-checkpoint-tmp*")):
+    shutil.rmtree(path, ignore_errors=True)
+    removed.append(path)
+  return removed
+
+
 def _manager(directory: str, keep: int, best: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=False,
+      cleanup_tmp_directories=True,
       best_fn=(lambda m: m["top1"]) if best else None, best_mode="max")
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=("state", "meta"))
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],
+          **kwargs) -> None:
+  """One orbax save, then its digest. A failed write (a full disk) leaves no temporary
+  directory behind and raises OSError; the checkpoints saved before are untouched."""
+  directory = str(manager.directory)
+  held = _HeldErrors()
+  std_logging.getLogger("absl").addFilter(held)
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), **kwargs)
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+      write_digest(os.path.join(directory, str(step)))
+  except Exception as e:
+    held.records.clear()  # the error raised here says it once
+    remove_temporary(directory)
+    if jax.process_index() == 0:  # orbax committed the step; only its digest failed
+      tmp = os.path.join(directory, str(step), DIGEST_FILE + ".tmp")
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    no_space = _find_errno(e, errno.ENOSPC)
+    if no_space is not None:
+      raise OSError(errno.ENOSPC, f"no space left on device while saving checkpoint "
+                    f"{os.path.join(directory, str(step))} (partial files removed; the "
+                    "checkpoints saved before are kept): free some space and rerun the same "
+                    "command to resume") from e
+    raise
+  finally:
+    std_logging.getLogger("absl").removeFilter(held)
+    for record in held.records:  # a save that succeeded after all: shown as logged
+      std_logging.getLogger("absl").handle(record)
+
+
+class _HeldErrors(std_logging.Filter):
+  """Holds orbax's error records (each with the traceback of its writer thread: dozens on
+  a full disk) while a save runs; the save's own exception reports a failure once."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.ERROR and "orbax" in record.pathname:
+      self.records.append(record)
+      return False
+    return True
+
+
+def _find_errno(e: BaseException, code: int) -> BaseException | None:
+  """`e` or an exception in its cause/context chain (or its message) with errno `code`."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if getattr(e, "errno", None) == code or os.strerror(code) in str(e):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
 
 
 class RunCheckpoints:
@@ -42,24 +187,19 @@ class RunCheckpoints:
     """Saves `state` and `meta` as the newest checkpoint (no-op if `step` is saved)."""
     if step in self.latest.all_steps():
       return
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-    self.latest.wait_until_finished()
+    _save(self.latest, step, state, meta)
 
   def save_best(self, step: int, state: Any, meta: dict[str, Any], top1: float) -> None:
     """Replaces the best checkpoint with this one."""
     if step in self.best.all_steps():
       return
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics={"top1": float(top1)})
-    self.best.wait_until_finished()
+    _save(self.best, step, state, meta, metrics={"top1": float(top1)})
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest readable checkpoint, or None for a fresh workdir.
 
     An unreadable newer checkpoint (a crash mid-write on a filesystem without atomic
-    renames, a damaged disk) is moved aside to ``checkpoints/unreadable.<step>`` with a
+    renames, a damaged disk, bytes that differ from their recorded digest) is moved aside to ``checkpoints/unreadable.<step>`` with a
     warning naming it and the one resumed from; nothing is deleted.
 
     Raises:
@@ -69,6 +209,7 @@ class RunCheckpoints:
     failures = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
+        verify_digest(os.path.join(str(self.latest.directory), str(step)))
         out = self.latest.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
       except Exception as e:  # orbax raises many types; all mean "cannot resume from it"
@@ -114,24 +255,61 @@ def load_teacher_variables(path: str, abstract_variables: dict[str, Any],
       that do not fit `model_name`.
   """
   step_dir = _find_step_dir(path)
+  _verify_teacher(step_dir)
   try:
     restored = read_numpy(os.path.join(step_dir, "state"))
   except Exception as e:
     raise CheckpointError(f"cannot read teacher checkpoint {step_dir}: "
                           f"{type(e).__name__}: {e}") from e
+  variables = _teacher_part(restored, step_dir)
+  _check_fit(variables, abstract_variables, step_dir, model_name)
+  return variables
+
+
+def check_teacher(path: str, abstract_variables: dict[str, Any], model_name: str) -> None:
+  """`load_teacher_variables`'s checks without reading the arrays: the checkpoint exists,
+  matches its digest, and its tree and shapes (from orbax's metadata) fit `model_name`.
+
+  Raises:
+    CheckpointError: as `load_teacher_variables`.
+  """
+  step_dir = _find_step_dir(path)
+  _verify_teacher(step_dir)
   try:
-    variables = {"params": restored["params"]["student"],
-                 "batch_stats": restored["batch_stats"]["student"]}
+    metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state"))
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+  except Exception as e:
+    raise CheckpointError(f"cannot read teacher checkpoint {step_dir}: "
+                          f"{type(e).__name__}: {e}") from e
+  _check_fit(_teacher_part(tree, step_dir), abstract_variables, step_dir, model_name)
+
+
+def _verify_teacher(step_dir: str) -> None:
+  try:
+    verify_digest(step_dir)
+  except CheckpointError as e:
+    raise CheckpointError(f"teacher checkpoint {step_dir} is corrupt: {e}. Retrain or "
+                          "copy the teacher again; nothing was changed.") from None
+
+
+def _teacher_part(tree: Any, step_dir: str) -> dict[str, Any]:
+  try:
+    return {"params": tree["params"]["student"],
+            "batch_stats": tree["batch_stats"]["student"]}
   except (KeyError, TypeError) as e:
     raise CheckpointError(f"teacher checkpoint {step_dir} is not a train state written "
                           f"by afd_jax (missing {e})") from e
+
+
+def _check_fit(variables: Any, abstract_variables: Any, step_dir: str,
+               model_name: str) -> None:
   want = jax.tree.map(lambda a: tuple(a.shape), abstract_variables)
   got = jax.tree.map(lambda a: tuple(a.shape), variables)
   if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
     raise CheckpointError(
         f"teacher checkpoint {step_dir} does not fit model {model_name!r}: its parameter "
         "tree or shapes differ (was it trained with another model or number of classes?)")
-  return variables
 
 
 def latest_step(workdir: str) -> int:
@@ -201,8 +379,6 @@ def write_teacher_checkpoint(workdir: str, variables: dict[str, Any],
   tree = {"params": {"student": variables["params"]},
           "batch_stats": {"student": variables["batch_stats"]}}
   manager = _manager(os.path.join(workdir, "best"), 1, best=False)
-  manager.save(0, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(dict(meta))))
-  manager.wait_until_finished()
+  _save(manager, 0, tree, dict(meta))
   manager.close()
   return os.path.join(workdir, "best", "0")

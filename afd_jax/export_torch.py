@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-from afd_jax import models
+from afd_jax import checkpointing, models
 from afd_jax.interop import torch as torch_interop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "afd_jax run (or one of its step dirs).")
@@ -26,7 +26,11 @@ flags.mark_flags_as_required(["workdir", "model", "output"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  state = torch_interop.export_run(_WORKDIR.value, _MODEL.value, _OUTPUT.value, _NUM_CLASSES.value)
+  try:
+    state = torch_interop.export_run(_WORKDIR.value, _MODEL.value, _OUTPUT.value,
+                                     _NUM_CLASSES.value)
+  except (torch_interop.TorchCheckpointError, checkpointing.CheckpointError) as e:
+    raise SystemExit(f"error: {e}") from e
   print(f"wrote {len(state)} tensors of {_MODEL.value} to {_OUTPUT.value}")
 
 

@@ -11,6 +11,10 @@ Each part is one repeated pipeline, built once: epoch ``e`` reshuffles the part 
 seed derived from (seed, e, part), and every example's augmentation uses TF *stateless*
 ops seeded from (seed, e, part, position in the epoch). Starting at any global step
 therefore yields exactly the batches an uninterrupted run sees from that step on.
+Batches never straddle two epochs: an epoch's remainder is dropped
+(``data.last_batch='drop'``) or is its last, smaller batch (``'train'``, as PyTorch's
+``DataLoader(drop_last=False)``: CIFAR-100 at batch 64 gives 781 batches of 64 and one
+of 16 per epoch).
 
 The eval split is cut into one part per process; batches are padded (``mask`` 0) so that
 every process yields the same number.
@@ -30,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from afd_jax import seg_transforms, transforms
+from afd_jax import device_data, seg_transforms, transforms
 from afd_jax.datasets import availability
 from afd_jax.datasets.availability import DatasetNotAvailableError
 
@@ -62,10 +66,20 @@ class DatasetInfo:
   task: str = "classification"
   ignore_label: int | None = None
 
-  def steps_per_epoch(self, global_batch_size: int, input_shards: int = 1) -> int:
-    """Full global batches per epoch: each of the `input_shards` equal parts (remainder
-    dropped) gives ``global_batch_size / input_shards`` examples per step."""
-    return (self.num_train_examples // input_shards) // (global_batch_size // input_shards)
+  def steps_per_epoch(self, global_batch_size: int, input_shards: int = 1,
+                      last_batch: bool = False) -> int:
+    """Global batches per epoch: each of the `input_shards` equal parts (the split's
+    remainder dropped) gives ``global_batch_size / input_shards`` examples per step; the
+    part's remainder is dropped, or with `last_batch` one more, smaller step."""
+    return device_data.epoch_steps(self.num_train_examples // input_shards,
+                                   global_batch_size // input_shards, last_batch)
+
+  def last_batch_size(self, global_batch_size: int, input_shards: int = 1,
+                      last_batch: bool = False) -> int:
+    """Examples in the last global batch of an epoch (`global_batch_size` unless that
+    step is a partial one: ``input_shards ×`` each part's remainder)."""
+    rest = (self.num_train_examples // input_shards) % (global_batch_size // input_shards)
+    return input_shards * rest if last_batch and rest else global_batch_size
 
   def num_eval_batches(self, global_batch_size: int) -> int:
     """Batches `Dataset.eval_iterator` yields on every process (the last ones padded)."""
@@ -201,8 +215,17 @@ class Dataset:
                        f"{jax.process_count()} processes")
     return shards
 
+  @property
+  def last_batch(self) -> bool:
+    """Whether each epoch ends with its partial batch (``data.last_batch='train'``)."""
+    return device_data.trains_last_batch(self.config)
+
   def steps_per_epoch(self, global_batch_size: int) -> int:
-    return self.info.steps_per_epoch(global_batch_size, self.input_shards)
+    return self.info.steps_per_epoch(global_batch_size, self.input_shards, self.last_batch)
+
+  def last_batch_size(self, global_batch_size: int) -> int:
+    """Examples in the last global batch of an epoch (see `DatasetInfo`)."""
+    return self.info.last_batch_size(global_batch_size, self.input_shards, self.last_batch)
 
   def _read(self, split, autocache: bool = True) -> tf.data.Dataset:
     """Raw examples (images, and label maps, still encoded) of `split` in stored order."""
@@ -216,9 +239,11 @@ class Dataset:
     return ds.with_options(options)
 
   def _part_stream(self, part: int, seed: int, part_batch: int, steps_per_epoch: int,
-                   first_epoch: int, skip: int) -> tf.data.Dataset:
-    """Endless ``{'epoch', 'position', image, label}`` of training part `part`, from
-    position `skip` of epoch `first_epoch` on; each epoch uses the same examples."""
+                   first_epoch: int, skip: int, transform) -> tf.data.Dataset:
+    """Endless batches of ``transform(part, {'epoch', 'position', 'index', image,
+    label})`` of training part `part`, from position `skip` of epoch `first_epoch` on;
+    each epoch uses the same examples and ends its own batches (the last one partial
+    with ``data.last_batch='train'``)."""
     split = tfds.even_splits(_capped(self.config.train_split,
                                      self.config.get("num_train_examples")),
                              n=self.input_shards, drop_remainder=True)[part]
@@ -230,32 +255,48 @@ class Dataset:
     offset = part * (self.info.num_train_examples // self.input_shards)
     raw = raw.enumerate().map(
         lambda i, ex: dict(ex, index=tf.cast(i + offset, tf.int32)))
-    per_epoch = steps_per_epoch * part_batch
+    per_epoch = min(steps_per_epoch * part_batch,
+                    self.info.num_train_examples // self.input_shards)
     buffer = self.config.shuffle_buffer
 
     def epoch(e):
       shuffle_seed = (seed * 1_000_003 + e) * 1_009 + part
       ds = raw.shuffle(buffer, seed=shuffle_seed).take(per_epoch).enumerate()
       ds = ds.skip(tf.where(e == first_epoch, tf.constant(skip, tf.int64), 0))
-      return ds.map(lambda pos, ex: dict(ex, epoch=e, position=pos))
+      ds = ds.map(lambda pos, ex: transform(part, dict(ex, epoch=e, position=pos)),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+      return ds.batch(part_batch)  # per_epoch: whole batches, or a partial last one
 
     return tf.data.Dataset.range(first_epoch, _EPOCHS).flat_map(epoch)
 
-  def train_iterator(self, global_batch_size: int, seed: int,
-                     start_step: int = 0) -> Iterator[Batch]:
+  def train_iterator(self, global_batch_size: int, seed: int, start_step: int = 0,
+                     num_devices: int | None = None) -> Iterator[Batch]:
     """Endless training batches of this process, from global step `start_step` on.
+
+    `num_devices`: the devices a global batch is split over (None: all of them), which
+    a partial last batch must split over evenly too.
 
     Yields:
       ``{'image': float32 (b, H, W, 3) normalised, 'label': int32 (b,), 'index': int32
       (b,)}`` numpy arrays (``index``: the example's position in the training split, as
       in `train_labels`); segmentation: 'label' int32 (b, H, W), `ignore_label` = none,
       ``b = global_batch_size // jax.process_count()``: this process's parts' sub-batches
-      concatenated in part order.
+      concatenated in part order (the last step of an epoch ``last_batch_size(...) //
+      jax.process_count()`` with ``data.last_batch='train'``).
 
     Raises:
-      ValueError: the split holds fewer examples than one global batch.
+      ValueError: the split holds fewer examples than one global batch, or a partial
+        last batch that does not split evenly over the devices.
     """
     shards = self.input_shards
+    last = self.last_batch_size(global_batch_size)
+    devices = num_devices or jax.device_count()
+    if last != global_batch_size and last % devices:
+      raise ValueError(
+          f"config.data.last_batch='train': each epoch's last batch holds {last} examples "
+          f"of {self.info.name!r}, which do not split evenly over the {devices} devices; "
+          "accepted: data.last_batch='drop', or a batch size and device count for which "
+          "that remainder is a multiple of the devices")
     part_batch = _local_batch_size(global_batch_size, shards)
     steps = self.steps_per_epoch(global_batch_size)
     if steps < 1:
@@ -274,13 +315,8 @@ class Dataset:
       image, label = self._pair(ex, key)
       return {"image": image, "label": label, "index": ex["index"]}
 
-    streams = []
-    for part in parts:
-      ds = self._part_stream(part, seed, part_batch, steps, first_epoch,
-                             skip_steps * part_batch)
-      ds = ds.map(lambda ex, part=part: example(part, ex),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-      streams.append(ds.batch(part_batch, drop_remainder=True))
+    streams = [self._part_stream(part, seed, part_batch, steps, first_epoch,
+                                 skip_steps * part_batch, example) for part in parts]
     ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
         lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]})
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

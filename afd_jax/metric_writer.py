@@ -120,7 +120,28 @@ class MetricWriter:
 
 
 class Diverged(RuntimeError):
-  """The loss or the gradient became non-finite; nothing non-finite was saved."""
+  """The loss or the gradient became non-finite; nothing non-finite was saved.
+
+  Attributes:
+    step: the first non-finite step.
+    bad: the names of its non-finite metrics.
+    metrics: that step's metrics, ``{name: float}``.
+    advice: what to change, as a sentence; `train.run_steps` replaces the generic one by
+      the likely cause found in the run's config (`validation.divergence_advice`).
+  """
+
+  def __init__(self, step: int, bad: list[str], metrics: Mapping[str, float],
+               advice: str = ""):
+    super().__init__(step, bad)
+    self.step, self.bad, self.metrics = step, list(bad), dict(metrics)
+    self.advice = advice or (
+        f"Lower --config.optim.lr (now {self.metrics.get('lr', float('nan')):.4g}), or "
+        "set --config.optim.skip_nonfinite=True to skip such steps.")
+
+  def __str__(self) -> str:
+    return (f"training diverged at step {self.step}: non-finite {', '.join(self.bad)} "
+            f"(lr {self.metrics.get('lr', float('nan')):.4g}). Nothing from this step on "
+            f"was saved; the last good checkpoints are kept. {self.advice}")
 
 
 def _per_step(metrics: Mapping[str, np.ndarray]) -> list[dict]:
@@ -143,20 +164,36 @@ class TrainWindow:
     self.writer, self.batch_size = writer, batch_size
     self.metrics, self.start = [], time.time()
 
-  def write(self, step: int, bar) -> None:
-    """Logs the window's means at `step`; raises Diverged at its first non-finite step."""
-    if not self.metrics:
-      return
+  def check(self, step: int) -> list[dict]:
+    """The window's per-step metrics (host floats), window ending at `step`.
+
+    Raises:
+      Diverged: at the window's first non-finite step (not skipped).
+    """
     window = [m for entry in jax.device_get(self.metrics) for m in _per_step(entry)]
     for k, m in enumerate(window):
       bad = sorted(n for n, v in m.items() if not np.isfinite(v))
       if bad and not m.get("skipped"):
-        first = step - len(window) + k + 1
-        raise Diverged(
-            f"training diverged at step {first}: non-finite {', '.join(bad)} (lr "
-            f"{float(m['lr']):.4g}). Nothing from this step on was saved; the last good "
-            "checkpoints are kept. Lower --config.optim.lr, or set "
-            "--config.optim.skip_nonfinite=True to skip such steps.")
+        raise Diverged(step - len(window) + k + 1, bad,
+                       {n: float(v) for n, v in m.items()})
+    return window
+
+  def pending(self) -> list[dict[str, list | float]]:
+    """The metrics not yet logged, JSON-ready (a preempted run saves them with its
+    checkpoint, so that the resumed run logs the very rows of an uninterrupted one)."""
+    return [{k: np.asarray(v).tolist() for k, v in entry.items()}
+            for entry in jax.device_get(self.metrics)]
+
+  def restore(self, pending: list[dict[str, list | float]]) -> None:
+    """Puts `pending` (from `pending`) back in front of the window."""
+    self.metrics[:0] = [{k: np.asarray(v, np.float32) for k, v in entry.items()}
+                        for entry in pending]
+
+  def write(self, step: int, bar) -> None:
+    """Logs the window's means at `step`; raises Diverged at its first non-finite step."""
+    if not self.metrics:
+      return
+    window = self.check(step)
     logged = {f"train/{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
     logged["train/images_per_sec"] = (len(window) * self.batch_size
                                       / max(time.time() - self.start, 1e-9))

@@ -46,7 +46,7 @@ import ml_collections
 import numpy as np
 
 from afd_jax import (checkpointing, device_data, group, init_phase, methods, models,
-                     parallel, train, train_state)
+                     parallel, train, train_state, validation)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import comparison
 from afd_jax.datasets.availability import DatasetNotAvailableError
@@ -354,6 +354,8 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
       datasets[key] = dataset = train.open_dataset(c, datasets.get(key))
       c.data.image_size = dataset.info.image_size
       _check_teacher(run, c, names, workdir)
+      if not any(run.needs):  # (a plan run's teacher is checked when it is trained)
+        validation.check_run(c, dataset)
       spe = max(1, dataset.steps_per_epoch(c.batch_size))
       # (the split's labels are read when the run opens; any labels of every class here)
       labels = (np.arange(dataset.info.num_train_examples) % dataset.info.num_classes
@@ -366,6 +368,7 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
       groupable = (plan.vmap and nets.distiller.init_phase is None
                    and not models.is_segmentation(c.model.name)
                    and not c.model.get("init")
+                   and not device_data.trains_last_batch(c.data)
                    and device_data.choose_pipeline(c.data, dataset) == "device")
       out[run.name] = Checked(groupable=groupable)
     except PlanError:

@@ -29,7 +29,8 @@ def create_states(nets: train_state.Networks, seeds, image_size: int):
 
 def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler, states,
                        data: dict[str, jax.Array], seeds: jax.Array, teacher_vars,
-                       batch_sharding=None, member_nets=None, hparams=None):
+                       batch_sharding=None, member_nets=None, hparams=None,
+                       map_members=False):
   """One train step of every seed on the device-resident `data`.
 
   Args:
@@ -56,15 +57,27 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
     member = nets if member_nets is None or not hp else member_nets(hp)
     return steps.train_step(member, state, batch, teacher_vars)
 
+  if map_members:  # one member after another inside the program (see `vmapped_steps`)
+    hp = hparams or {}
+    outs = [one(unstack(states, k), seeds[k], {p: v[k] for p, v in hp.items()})
+            for k in range(len(seeds))]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
   return jax.vmap(one)(states, seeds, hparams or {})
 
 
 def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
-                  batch_sharding=None, member_nets=None, hparams=None):
-  """`n` vmapped steps in one program (`multi_step.repeat`); metrics (n, S)."""
+                  batch_sharding=None, member_nets=None, hparams=None, map_members=None):
+  """`n` vmapped steps in one program (`multi_step.repeat`); metrics (n, S).
+
+  `map_members`: the members' steps side by side in the program (unrolled: S copies of
+  the step) instead of batched (`jax.vmap`); None: on CPU only, where XLA's batched
+  convolutions (one weight per member) are many times slower than S plain ones.
+  """
+  if map_members is None:
+    map_members = jax.default_backend() == "cpu"
   return multi_step.repeat(
       lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars,
-                                      batch_sharding, member_nets, hparams),
+                                      batch_sharding, member_nets, hparams, map_members),
       states, n)
 
 

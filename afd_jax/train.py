@@ -24,7 +24,7 @@ import tqdm
 
 from afd_jax import (analysis, checkpointing, device_data, evaluation, methods,
                      metric_writer, models, multi_step, parallel, pretrained, steps,
-                     train_state)
+                     train_state, validation)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import segmentation
 from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
@@ -273,8 +273,10 @@ def claim(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   path = os.path.abspath(os.path.expanduser(workdir))
   validate_config(config, parallel.make_mesh(config.num_devices).size)
   dataset = open_dataset(config)  # a missing or mismatched dataset: nothing written yet
-  from afd_jax import validation  # pylint: disable=g-import-not-at-top  (see run_steps)
   validation.check_run(config, dataset)  # sizes, teacher checkpoint: still nothing written
+  # The workdir records the pipeline 'auto' resolved to (its data order): runs recorded
+  # before 'auto' existed say 'tfdata', which 'auto' on a CPU still is.
+  config.data.pipeline = device_data.choose_pipeline(config.data, dataset)
   workdir_lib.check_config(path, config, checkpointing.latest_step(path),
                            allow_config_change, write=parallel.is_chief())
   return path, dataset
@@ -338,7 +340,8 @@ def dispatcher(run: Run, nets, seed: int, start: int, sharding) -> multi_step.Di
   """Steps of `nets` on `run`'s data of `seed` from global step `start`, state `sharding`."""
   if run.sampler is None:
     batches = parallel.prefetch_to_device(
-        run.dataset.train_iterator(run.config.batch_size, seed, start),
+        run.dataset.train_iterator(run.config.batch_size, seed, start,
+                                   num_devices=run.mesh.size),
         run.config.data.prefetch, parallel.batch_sharded(run.mesh))
     return multi_step.Dispatcher(nets, run.mesh, run.teacher_vars, batches=batches,
                                  state_sharding=sharding)
@@ -363,7 +366,6 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
   eval_every, segment_start = max(1, cfg.logging.eval_every_epochs), time.time()
   bar = tqdm.tqdm(total=stop, initial=start, dynamic_ncols=True, leave=False,
                   disable=not (cfg.logging.progress_bar and parallel.is_chief()))
-  from afd_jax import validation  # pylint: disable=g-import-not-at-top  (below this module)
   # Steps a preemption left unlogged (saved with its checkpoint): logged as if never stopped.
   pending = run.meta.pop(PENDING_METRICS, None)
   if pending and hasattr(window, "restore"):

@@ -8,14 +8,16 @@ then recorded in ``config_history.jsonl``. Bookkeeping fields (logging cadence,
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from typing import Any
 
+from absl import logging
 import ml_collections
 
-from afd_jax import methods, models, multi_step
+from afd_jax import methods, models, multi_step, validation
 
 CONFIG_FILE, HISTORY_FILE, RESULT_FILE = "config.json", "config_history.jsonl", "result.json"
 # Fields that change what is logged or when the run stops, never what it computes.
@@ -25,7 +27,8 @@ BOOKKEEPING = ("max_steps", "logging", "eval_batch_size", "num_devices", "data.p
 # Fields added after workdirs were written: absent from an older config.json means these.
 ADDED_FIELDS = {"seeds": None, "vmap_seeds": False, "model.init": "",
                 "optim.head_lr_multiplier": 1.0, "schedule.power": 0.9,
-                "data.base_size": None, "method.batch_average": True}
+                "data.base_size": None, "method.batch_average": True,
+                "optim.name": "sgd", "data.last_batch": "drop"}
 
 
 class ConfigMismatchError(ValueError):
@@ -64,6 +67,9 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, step: int,
                  allow_change: bool, write: bool) -> None:
   """Records `config` in a new workdir, or checks it against the recorded one.
 
+  A workdir is bound to its config by its first checkpoint: until one is saved (a start
+  that failed), a different config simply replaces the recorded one.
+
   Args:
     workdir: the run's directory.
     config: the config about to train there.
@@ -78,13 +84,18 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, step: int,
   new = resolved(config)
   if not os.path.exists(path):
     if write:
-      os.makedirs(workdir, exist_ok=True)
+      _create(workdir)
       _write_json(path, new)
     return
   with open(path, encoding="utf-8") as f:
     old = json.load(f)
   diff = differences(old, new)
   if not diff:
+    return
+  if not has_checkpoint(workdir):  # a start that failed before saving binds nothing
+    logging.info("workdir %s has no checkpoint yet: now recorded for this config", workdir)
+    if write:
+      _write_json(path, new)
     return
   listed = "\n".join(f"  {k}: {a!r} (workdir) -> {b!r} (now)" for k, (a, b) in diff.items())
   if not allow_change:
@@ -97,6 +108,30 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, step: int,
       f.write(json.dumps({"step": step, "time": time.time(),
                           "changed": {k: list(v) for k, v in diff.items()}}) + "\n")
     _write_json(path, new)
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether any checkpoint was saved under `workdir` (its own, an init phase's, a
+  seed's, or one moved aside as unreadable): what binds a workdir to its config."""
+  for root, dirs, _ in os.walk(workdir):
+    if os.path.basename(root) in ("checkpoints", "best") and any(
+        d.isdigit() or d.startswith("unreadable.") for d in dirs):
+      return True
+    deep = os.path.relpath(root, workdir).count(os.sep) >= 2  # <wd>/<a>/<b>/checkpoints
+    dirs[:] = [] if deep else [d for d in dirs if d != "tensorboard" and not d.isdigit()]
+  return False
+
+
+def _create(workdir: str) -> None:
+  """Creates `workdir`, with an error naming it when that is impossible."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise OSError(e.errno, f"cannot create workdir {workdir}: {e.strerror}; pass a "
+                  "--workdir you can write to") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise PermissionError(errno.EACCES, f"workdir {workdir} is not writable; pass a "
+                          "--workdir you can write to")
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -141,6 +176,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       raise ValueError(f"config.{name}={value!r} is out of range; accepted: {accepted}")
   multi_step.steps_per_dispatch(config)
   methods.resolve(config.method)  # unknown method or field: the accepted ones are listed
+  validation.check_method(config.method)  # every field within its range
   if (config.teacher.name and methods.needs_teacher(config.method.name)
       and not config.teacher.checkpoint and not config.teacher.get("random_init")):
     raise ValueError(f"config.teacher.checkpoint is empty but method "

@@ -4,20 +4,27 @@ A config has these sections (every field can be overridden on the command line, 
 ``--config.optim.lr=0.1``):
 
 * ``data``: TFDS dataset (``name``, ``data_dir``, ``image_size``, ``download``, splits,
-  ``input_shards`` (default one per process), ...) and the training input ``pipeline``:
-  ``'tfdata'`` (default: host tf.data, any dataset), ``'device'`` (the uint8 train split
-  held on the accelerators, batches drawn and pad-crop-flip augmented inside the jitted
-  step: CIFAR-10/100, digits; see `afd_jax.device_data`) or ``'auto'`` (device when the
-  dataset is pad-crop-flip augmented, fixed-size and its train split is smaller than
-  ``device_max_bytes``, 2 GiB; else tfdata). Recommended on GPU/TPU: ``auto``; tfdata
-  stays the default so that existing runs keep their data order;
+  ``input_shards`` (default one per process), ...), the training input ``pipeline`` and
+  ``last_batch``. ``pipeline``: ``'auto'`` (default: on a GPU/TPU the device-resident
+  path whenever the dataset can be (pad-crop-flip augmented, fixed-size, train split
+  under ``device_max_bytes``, 2 GiB), else tf.data; on a CPU always tf.data, as fast
+  there and the data order of earlier CPU runs), ``'tfdata'`` (host tf.data, any
+  dataset) or ``'device'`` (the uint8 train split held on the accelerators, batches drawn
+  and pad-crop-flip augmented inside the jitted step: CIFAR-10/100, digits; see
+  `afd_jax.device_data`). ``last_batch``: ``'drop'`` (default: every step a full batch,
+  the remainder of each epoch unused) or ``'train'`` (each epoch ends with the partial
+  batch of the remaining examples, as PyTorch's ``DataLoader(drop_last=False)`` in the
+  releases: CIFAR-100 at batch 64 is 781 steps of 64 and one of 16; set by the CIFAR-100
+  configs);
 * ``model``: the student (``name`` from `afd_jax.models.MODEL_NAMES`, compute ``dtype``,
   ``bn1_twice`` for the AFD release's WRN BatchNorm statistics);
 * ``teacher``: ``name`` ('' for none), ``checkpoint`` (a teacher run's workdir, or one
   orbax step directory inside it) and ``random_init`` (smoke runs only);
 * ``method``: ``name`` from `afd_jax.methods.method_names()` and only the fields that
   differ from that method's published defaults;
-* ``optim``, ``schedule``: SGD and the learning-rate schedule (epochs-based);
+* ``optim``, ``schedule``: the optimizer (``name``: ``'sgd'`` or ``'adamw'``,
+  `afd_jax.optim`) and the learning-rate schedule (epochs-based; a ``'step'`` schedule
+  decays once each of ``decay_epochs`` has finished, see `afd_jax.optim`);
 * ``logging``: log/eval/checkpoint cadence;
 * top level: ``seed``, ``batch_size`` (global), ``eval_batch_size``, ``num_devices``
   (None = all devices), ``max_steps`` (stop early; the schedule still follows
@@ -38,7 +45,14 @@ import ml_collections
 
 from configs import pairs
 
+# ×0.1 once 150, 180, 210 epochs have finished: RepDistiller's rule (helper/util.py
+# adjust_learning_rate, `epoch > d` with 1-indexed epochs), which CRD, mdistiller and
+# SemCKD share. The AFD release decays one epoch earlier (`AFD_LR_DECAY`).
 CIFAR_LR_DECAY = (150, 180, 210)
+# clovaai/attention-feature-distillation@dd990d0 main.py + utils.adjust_learning_rate:
+# `if epoch in args.schedule` at the start of 1-indexed epochs 150/180/210, i.e. after
+# 149/179/209 finished epochs.
+AFD_LR_DECAY = (149, 179, 209)
 # CRD's setting: these light students train with lr 0.01 instead of 0.05 on CIFAR-100.
 LOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
@@ -62,7 +76,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 def base() -> ml_collections.ConfigDict:
   """The CIFAR-100 reference setting of the KD literature (CRD / AFD): SGD lr 0.05,
-  momentum 0.9, wd 5e-4, batch 64, 240 epochs, ×0.1 at epochs 150/180/210."""
+  momentum 0.9, wd 5e-4, batch 64, 240 epochs, ×0.1 after 150/180/210 finished epochs
+  (RepDistiller's rule; the AFD release's is one epoch earlier, `AFD_LR_DECAY`)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.seeds = ml_collections.config_dict.placeholder(tuple)
@@ -78,7 +93,7 @@ def base() -> ml_collections.ConfigDict:
       shuffle_buffer=50_000, num_train_examples=ml_collections.config_dict.placeholder(int),
       num_eval_examples=ml_collections.config_dict.placeholder(int),
       input_shards=ml_collections.config_dict.placeholder(int), prefetch=2,
-      pipeline="tfdata", device_max_bytes=2**31))
+      pipeline="auto", device_max_bytes=2**31, last_batch="drop"))
   # bn1_twice: the AFD release's WRN BatchNorm statistics (off: PyTorch's usual ones).
   # init: pretrained student weights for a fresh start (a PyTorch file or an afd_jax run;
   # `afd_jax.pretrained`), '' for none.
@@ -93,9 +108,10 @@ def base() -> ml_collections.ConfigDict:
   # skip_nonfinite: skip a step whose loss or gradient is not finite (as some large-scale
   # trainers do) instead of stopping the run with an error.
   # head_lr_multiplier: the student's head (a DeepLabV3+'s ASPP + decoder) at this × lr.
+  # name: 'sgd' or 'adamw' (torch.optim.AdamW; momentum/nesterov unused).
   c.optim = ml_collections.ConfigDict(dict(
-      lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4, skip_nonfinite=False,
-      head_lr_multiplier=1.0))
+      name="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+      skip_nonfinite=False, head_lr_multiplier=1.0))
   # name: 'step', 'cosine' or 'poly' (power: its exponent).
   c.schedule = ml_collections.ConfigDict(dict(
       name="step", num_epochs=240, decay_epochs=CIFAR_LR_DECAY, decay_factor=0.1,
@@ -103,6 +119,14 @@ def base() -> ml_collections.ConfigDict:
   c.logging = ml_collections.ConfigDict(dict(
       log_every_steps=50, eval_every_epochs=1, checkpoint_every_steps=0,
       keep_checkpoints=3, progress_bar=True, heatmap_every_epochs=1))
+  return c
+
+
+def cifar100() -> ml_collections.ConfigDict:
+  """`base`, training on each epoch's last partial batch as the CIFAR releases do
+  (RepDistiller's and AFD's ``DataLoader`` keep it: 782 steps per epoch at batch 64)."""
+  c = base()
+  c.data.last_batch = "train"
   return c
 
 
@@ -130,7 +154,7 @@ def digits() -> ml_collections.ConfigDict:
   return c
 
 
-_DATASETS = {"cifar100": base, "imagenet2012": imagenet, "digits": digits}
+_DATASETS = {"cifar100": cifar100, "imagenet2012": imagenet, "digits": digits}
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -140,6 +164,7 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                      num_train_examples=64, num_eval_examples=32, prefetch=1))
   c.batch_size, c.eval_batch_size = 16, 16
   c.max_steps = 2
+  c.model.init = ""  # offline: no pretrained weights
   c.schedule.update(dict(num_epochs=1, decay_epochs=(), warmup_epochs=0))
   c.logging.update(dict(log_every_steps=1, keep_checkpoints=2, progress_bar=False))
   if c.teacher.name:
@@ -164,7 +189,8 @@ def teacher_config(dataset: str, arg: str | None, model: str) -> ml_collections.
 
 
 def distill_config(dataset: str, method: str, arg: str | None, teacher: str, student: str,
-                   method_fields: Callable[[Any], dict] | None = None
+                   method_fields: Callable[[Any], dict] | None = None,
+                   recipe: Callable[[Any, ml_collections.ConfigDict], None] | None = None
                    ) -> ml_collections.ConfigDict:
   """A student distilled from a teacher with `method`.
 
@@ -175,6 +201,8 @@ def distill_config(dataset: str, method: str, arg: str | None, teacher: str, stu
     teacher, student: the default pair.
     method_fields: ``f(parsed arg) -> {field: value}``, the config file's overrides of the
       method's defaults (e.g. a per-pair weight).
+    recipe: ``f(parsed arg, config)``, edits the config in place (a release's optimizer,
+      schedule or batch size) before ``runlocal`` shrinks it.
 
   The teacher checkpoint is ``runs/<dataset>/<teacher>``, the workdir that
   ``configs/<dataset>/teacher.py:model=<teacher>`` trains (or a PyTorch import writes).
@@ -184,6 +212,8 @@ def distill_config(dataset: str, method: str, arg: str | None, teacher: str, stu
   c.teacher.update(dict(name=a.teacher, checkpoint=f"runs/{dataset}/{a.teacher}"))
   c.method = ml_collections.ConfigDict(dict(name=a.method,
                                             **(method_fields(a) if method_fields else {})))
+  if recipe:
+    recipe(a, c)
   return runlocal(c) if a.runlocal else c
 
 

@@ -28,6 +28,13 @@ distillation step):
 
     python experiments/benchmark.py --step_times --methods=all --pairs=wrn_40_2:wrn_16_2
 
+``--sweep=N`` times instead N members of a vmapped group (`afd_jax.group`: a β × seed grid
+of ``--sweep_field``, traced in one program) against one run of the same method, both on
+device-resident data at ``--ks``' first k; the point is the ratio of their step times
+(the goal on a GPU: N=8 in at most 3× one run's time):
+
+    python experiments/benchmark.py --sweep=8 --pairs=wrn_40_2:wrn_16_2 --methods=afd
+
 ``--segmentation`` times instead the train step of DeepLabV3+ students (ResNet-101
 teacher, random init) with each method of ``--seg_methods`` against the plain student
 step (method ``none``, no teacher) in the same run: ``--seg_students`` at crop ``--crop``
@@ -197,6 +204,51 @@ def bench_method(teacher: str, student: str, method: str, args, images, labels) 
   return rows
 
 
+def sweep_rows(teacher: str, student: str, method: str, args, images, labels) -> list:
+  """One run vs ``--sweep`` vmapped members (k steps per dispatch, device data)."""
+  nets, mesh, create, teacher_vars, sampler, data = setup(teacher, student, method, args,
+                                                         images, labels)
+  config = common.distill_config("cifar100", method, None, teacher, student)
+  section, _, name = args.sweep_field.partition(".")
+  base = float(getattr(methods.resolve(config.method), name) if section == "method"
+               else config[section][name])
+  n, k = args.sweep, args.ks[0]
+  values = [base * 2.0 ** (i // 2) for i in range(n)]  # (β, 2β, 4β, ...) × seeds 0 and 1
+  ids = jnp.asarray([i % 2 for i in range(n)], jnp.int32)
+  hparams = {args.sweep_field: jnp.asarray(values, jnp.float32)}
+  build = functools.partial(train_state.build_networks, config, NUM_CLASSES,
+                            STEPS_PER_EPOCH, labels)
+  one = multi_step.Dispatcher(nets, mesh, teacher_vars, sampler=sampler, data=data)
+  compile_1, step_1 = timed(lambda s: one(s, k), create(jax.random.PRNGKey(0)),
+                            args.steps, k)
+  program = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, k,
+                                      member_nets=lambda hp: build(hparams=hp)),
+                    donate_argnums=(0,))
+  compile_n, step_n = timed(
+      lambda s: program(s, data, ids, teacher_vars, hparams=hparams),
+      jax.device_put(seeds.create_states(nets, [i % 2 for i in range(n)], 32),
+                     parallel.replicated(mesh)), args.steps, k)
+  rows = []
+  for members, compile_s, step_s in ((1, compile_1, step_1), (n, compile_n, step_n)):
+    rows.append({"pair": f"{teacher}→{student}", "method": method, "members": members,
+                 "k": k, "field": args.sweep_field, "compile_s": compile_s,
+                 "ms_per_step": step_s * 1e3, "images_per_s": members * args.batch / step_s,
+                 "time_vs_one": step_s / step_1})
+    print(f"  {teacher}→{student} {method} {members} member(s): {step_s * 1e3:.1f} ms/step, "
+          f"× one run's time {step_s / step_1:.2f}", flush=True)
+  return rows
+
+
+def sweep_markdown(rows) -> str:
+  lines = ["| pair | method | swept | members | k | ms/step | images/s | × one run's time "
+           "| compile s |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['pair']} | {r['method']} | {r['field']} | {r['members']} | {r['k']} "
+                 f"| {r['ms_per_step']:.1f} | {r['images_per_s']:.0f} | "
+                 f"{r['time_vs_one']:.2f} | {r['compile_s']:.1f} |")
+  return "\n".join(lines)
+
+
 def markdown(rows) -> str:
   lines = ["| pair | method | mode | k | feed | images/s | × (a) | compile s | "
            "240 epochs (h) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -293,6 +345,10 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--out", default="runs/benchmark.json")
   parser.add_argument("--step_times", action="store_true",
                       help="time one train step of every method (ratio to KD's)")
+  parser.add_argument("--sweep", type=int, default=0,
+                      help="time N vmapped members of a sweep against one run (ratio)")
+  parser.add_argument("--sweep_field", default="method.beta",
+                      help="the traced field of --sweep (method.<field>, optim.lr, ...)")
   parser.add_argument("--segmentation", action="store_true",
                       help="time DeepLabV3+ TaT-seg steps vs the plain student step")
   parser.add_argument("--seg_students", default="resnet18")
@@ -319,9 +375,14 @@ def main(argv=None) -> list[dict]:
     if args.step_times:
       rows += step_time_rows(teacher, student, names, args, images, labels)
       continue
+    if args.sweep:
+      for method in names:
+        rows += sweep_rows(teacher, student, method, args, images, labels)
+      continue
     for method in names:
       rows += bench_method(teacher, student, method, args, images, labels)
-  table = step_time_markdown(rows) if args.step_times else markdown(rows)
+  table = (step_time_markdown(rows) if args.step_times else
+           sweep_markdown(rows) if args.sweep else markdown(rows))
   print("\n" + table)
   out = os.path.abspath(args.out)
   os.makedirs(os.path.dirname(out), exist_ok=True)

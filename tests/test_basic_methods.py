@@ -196,3 +196,18 @@ def test_l2_normalize_of_an_all_zero_map_has_finite_gradient():
   f = jnp.zeros((2, 4, 4, 3)).at[1].set(1.0)  # sample 0: a dead (all-zero) ReLU map
   g = jax.grad(lambda x: jnp.sum(attention_map(x) ** 2 * jnp.arange(16.0)))(f)
   assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_at_with_odd_p_uses_the_release_signed_power():
+  # RepDistiller's at(f) = normalize(f.pow(p).mean(1)): for p = 3 negative activations
+  # subtract, where |f|^p would add.
+  rng = np.random.default_rng(12)
+  s, t = rng.normal(size=(3, 4, 4, 5)), rng.normal(size=(3, 4, 4, 6))
+
+  def release_map(f, p):
+    a = (f ** p).mean(-1).reshape(f.shape[0], -1)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+  want = np.mean((release_map(s, 3) - release_map(t, 3)) ** 2)
+  got = at_lib.at_loss([jnp.asarray(s, jnp.float32)], [jnp.asarray(t, jnp.float32)], p=3.0)
+  np.testing.assert_allclose(got, want, rtol=1e-4)

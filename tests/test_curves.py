@@ -24,6 +24,7 @@ def _synthetic_rows():
     rows.append({"step": step, "time": float(step), "train/loss": 3.0 - step / 20,
                  "train/ce": 2.0 - step / 30, "train/kd": 0.5, "train/afd": 0.01 * step,
                  "train/lr": 0.1 * (1 - step / 40), "train/top1": 20.0 + step,
+                 "train/grad_norm": 4.0 / step, "train/skipped": 0.0,
                  "train/images_per_sec": 900.0})
   rows += [{"step": 20, "eval/top1": 41.0, "eval/top5": 80.0},
            {"step": 30, "eval/top1": 55.0, "eval/top5": 85.0}]
@@ -39,14 +40,18 @@ def _write_jsonl(workdir, rows):
 
 def test_figure_panels_titles_and_lines_from_metrics():
   fig = curves.curves_figure(_synthetic_rows(), title="run")
-  loss, lr, top1 = fig.axes
-  assert [a.get_title() for a in fig.axes] == ["train loss terms", "learning rate",
-                                               "eval top-1"]
+  loss, grad, lr, top1 = fig.axes
+  assert [a.get_title() for a in fig.axes] == ["train loss terms", "gradient norm",
+                                               "learning rate", "eval top-1"]
   assert (loss.get_xlabel(), lr.get_ylabel(), top1.get_ylabel()) == (
       "step", "lr", "top-1 (%)")
-  # Every loss term, and nothing that is not one (lr, top1, images/s).
+  # Every loss term, and nothing that is not one (lr, grad_norm, top1, images/s, skipped).
   assert [line.get_label() for line in loss.lines] == ["loss", "ce", "kd", "afd"]
   np.testing.assert_allclose(loss.lines[3].get_ydata(), [0.1, 0.2, 0.3])
+  # The gradient norm in a panel of its own.
+  assert len(grad.lines) == 1
+  np.testing.assert_allclose(grad.lines[0].get_xdata(), [10, 20, 30])
+  np.testing.assert_allclose(grad.lines[0].get_ydata(), [0.4, 0.2, 4 / 30])
   np.testing.assert_allclose(lr.lines[0].get_xdata(), [10, 20, 30])
   np.testing.assert_allclose(lr.lines[0].get_ydata(), [0.075, 0.05, 0.025])
   student, teacher = top1.lines
@@ -59,7 +64,7 @@ def test_figure_panels_titles_and_lines_from_metrics():
 def test_no_teacher_line_without_teacher_and_render_is_rgb():
   rows = [r for r in _synthetic_rows() if "teacher/top1" not in r]
   fig = curves.curves_figure(rows)
-  assert len(fig.axes[2].lines) == 1
+  assert len(fig.axes[3].lines) == 1
   image = curves.render_curves(rows)
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
   assert image.shape[1] > image.shape[0] > 200 and image.std() > 1  # not blank
@@ -73,18 +78,19 @@ def test_plot_run_and_script_write_png(tmp_path):
   with open(out, "rb") as f:
     assert f.read(8) == PNG_MAGIC
   # Read back: the file is the figure of the run's rows (titled by the run), panels left
-  # to right loss, lr, top-1, and the lr line drawn through its (step, lr) points.
+  # to right loss, gradient norm, lr, top-1, and the lr line drawn through its (step, lr)
+  # points.
   png = np.asarray(Image.open(out).convert("RGB"))
-  assert png.shape == (360, 1300, 3)
+  assert png.shape == (360, 1700, 3)
   rows = curves.metric_writer.read_metrics(workdir)
   np.testing.assert_array_equal(png, curves.render_curves(rows, title="run"))
   fig = curves.curves_figure(rows, title="run")
   fig.canvas.draw()
   lefts = [a.get_position().x0 for a in fig.axes]
   assert lefts == sorted(lefts) and [a.get_title() for a in fig.axes] == [
-      "train loss terms", "learning rate", "eval top-1"]
+      "train loss terms", "gradient norm", "learning rate", "eval top-1"]
   purple = np.asarray(matplotlib.colors.to_rgb("tab:purple")) * 255
-  lr_axes = fig.axes[1]
+  lr_axes = fig.axes[2]
   for step, lr in zip((10, 20, 30), (0.075, 0.05, 0.025)):
     x, y = lr_axes.transData.transform((step, lr))
     pixel = png[int(round(png.shape[0] - y)), int(round(x))]
@@ -111,9 +117,11 @@ def test_curves_of_a_real_run(digits_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   fig = curves.curves_figure(curves.metric_writer.read_metrics(workdir))
-  loss, lr, top1 = fig.axes
+  loss, grad, lr, top1 = fig.axes
   assert {line.get_label() for line in loss.lines} >= {"loss", "ce"}
+  assert "grad_norm" not in {line.get_label() for line in loss.lines}
+  np.testing.assert_array_equal(grad.lines[0].get_xdata(), [2, 4])
   np.testing.assert_array_equal(lr.lines[0].get_xdata(), [2, 4])
   assert len(top1.lines) == 1 and len(top1.lines[0].get_ydata()) == 1
   out = curves.plot_run(workdir, str(tmp_path / "curves.png"))
-  assert Image.open(out).size == (1300, 360)
+  assert Image.open(out).size == (1700, 360)

@@ -1,11 +1,14 @@
 """Device-resident data: the augmentation's distribution, the data order, exact runs."""
+import dataclasses
 import functools
 import os
 import types
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -95,11 +98,16 @@ def test_pipeline_choice():
           features={"image": types.SimpleNamespace(shape=(32, 32, 3))})),
       image_key="image", info=types.SimpleNamespace(image_size=32, num_train_examples=100))
   cfg = tiny_config(None).data
-  assert device_data.choose_pipeline(cfg, dataset) == "tfdata"  # the default
+  # 'auto', the default (issue 19, point 9): device on a GPU/TPU, tf.data on a CPU.
+  assert cfg.pipeline == "auto"
+  assert device_data.choose_pipeline(cfg, dataset, backend="gpu") == "device"
+  assert device_data.choose_pipeline(cfg, dataset, backend="tpu") == "device"
+  assert device_data.choose_pipeline(cfg, dataset, backend="cpu") == "tfdata"
+  del cfg.pipeline  # a config written before the field: tf.data
+  assert device_data.choose_pipeline(cfg, dataset, backend="gpu") == "tfdata"
   cfg.pipeline = "auto"
-  assert device_data.choose_pipeline(cfg, dataset) == "device"
   cfg.device_max_bytes = 1000
-  assert device_data.choose_pipeline(cfg, dataset) == "tfdata"
+  assert device_data.choose_pipeline(cfg, dataset, backend="gpu") == "tfdata"
   cfg.pipeline = "device"
   with pytest.raises(ValueError, match="device_max_bytes"):
     device_data.choose_pipeline(cfg, dataset)
@@ -203,3 +211,117 @@ def test_device_split_is_in_index_order_and_batches_carry_their_index(digits_dat
                                   np.asarray(batch["label"]))
     seen.extend(np.asarray(batch["index"]).tolist())
   assert sorted(seen) == list(range(100))
+
+
+# ---- the last partial batch (issue 19, point 2) ---------------------------------------
+
+
+@flax.struct.dataclass
+class _CountingState:
+  """A stand-in train state: how often each example has been trained on."""
+  step: jax.Array
+  seen: jax.Array
+
+
+def _counting_step(nets, state, batch, teacher_vars):
+  """`steps.train_step`'s signature; counts the batch's examples, reports its size."""
+  del nets, teacher_vars
+  return (_CountingState(state.step + 1, state.seen.at[batch["index"]].add(1)),
+          {"size": jnp.float32(batch["index"].shape[0])})
+
+
+def _counting_state(n):
+  return _CountingState(jnp.int32(0), jnp.zeros((n,), jnp.int32))
+
+
+def test_sampler_last_batch_ends_each_epoch_with_the_remainder():
+  sampler = device_data.Sampler(num_examples=40, batch_size=16, mean=(0.5,) * 3,
+                                std=(0.25,) * 3, last_batch=True)
+  assert (sampler.steps_per_epoch, sampler.last_batch_size) == (3, 8)
+  assert [sampler.size(s) for s in range(6)] == [16, 16, 8] * 2
+  for e in (0, 1):
+    idx = np.concatenate([sampler.indices(7, 3 * e + b, sampler.size(3 * e + b))
+                          for b in range(3)])
+    assert sorted(idx.tolist()) == list(range(40))
+  # A full step is the 'drop' sampler's, bit for bit (same order, same crops), while
+  # both are in epoch 0 (later, the epochs start at other steps).
+  drop = dataclasses.replace(sampler, last_batch=False)
+  data = {"image": jnp.asarray(np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3)),
+                               jnp.uint8), "label": jnp.arange(40, dtype=jnp.int32)}
+  chex.assert_trees_all_equal(sampler.batch(data, 7, 1, 16), drop.batch(data, 7, 1))
+  with pytest.raises(ValueError, match="last_batch='drop'"):
+    sampler.batch(data, 7, 1)  # a caller that does not say the size (vmapped seeds)
+  assert device_data.trains_last_batch(ml_collections.ConfigDict()) is False
+  with pytest.raises(ValueError, match=r"last_batch='all'; accepted: drop, train"):
+    device_data.trains_last_batch(ml_collections.ConfigDict(dict(last_batch="all")))
+
+
+@pytest.mark.parametrize("path", ["device", "tfdata"])
+def test_dispatcher_trains_the_partial_batch_in_chunks_as_one_by_one(monkeypatch, path):
+  """k = 4 over epochs of 16, 16, 8: the chunks split before the partial step; the same
+  steps, sizes and examples as one step per dispatch, each example once per epoch."""
+  monkeypatch.setattr(steps, "train_step", _counting_step)
+  sampler = device_data.Sampler(num_examples=40, batch_size=16, mean=(0.5,) * 3,
+                                std=(0.25,) * 3, last_batch=True)
+  data = {"image": jnp.zeros((40, 8, 8, 3), jnp.uint8),
+          "label": jnp.arange(40, dtype=jnp.int32)}
+  mesh = parallel.make_mesh(8)
+
+  def dispatcher():
+    if path == "device":
+      return multi_step.Dispatcher(None, mesh, None, sampler=sampler, data=data, seed=3)
+    host = (jax.tree.map(np.asarray, sampler.batch(data, 3, s, sampler.size(s)))
+            for s in range(100))
+    return multi_step.Dispatcher(None, mesh, None, batches=parallel.prefetch_to_device(
+        host, 2, parallel.batch_sharded(mesh)))
+
+  single, one = dispatcher(), _counting_state(40)
+  sizes = []
+  for _ in range(6):
+    one, m = single(one, 1)
+    sizes.append(float(np.reshape(m["size"], -1)[0]))
+  chunked, state, chunk_sizes = dispatcher(), _counting_state(40), []
+  for n in (3, 1, 2):  # chunks with the partial step inside, alone, at the end
+    state, m = chunked(state, n)
+    assert m["size"].shape == ((n,) if n > 1 or path == "device" else ())
+    chunk_sizes += np.reshape(m["size"], -1).tolist()
+  assert sizes == chunk_sizes == [16, 16, 8] * 2
+  np.testing.assert_array_equal(one.seen, 2)
+  np.testing.assert_array_equal(state.seen, 2)
+  assert int(state.step) == int(one.step) == 6
+  # A chunk ending on the partial step: 3 full steps then the partial one.
+  big = device_data.Sampler(num_examples=72, batch_size=16, mean=(0.5,) * 3,
+                            std=(0.25,) * 3, last_batch=True)
+  assert [big.size(s) for s in range(5)] == [16, 16, 16, 16, 8]
+  assert multi_step.pieces([big.size(s) for s in range(1, 5)], 4) == [(2, 16), (1, 16),
+                                                                      (1, 8)]
+
+
+def test_dispatcher_refuses_a_partial_batch_that_does_not_split_over_the_devices():
+  sampler = device_data.Sampler(num_examples=44, batch_size=16, mean=(0.5,) * 3,
+                                std=(0.25,) * 3, last_batch=True)  # last batch: 12
+  with pytest.raises(ValueError, match=r"last batch holds 12 examples .* 8 devices"):
+    multi_step.Dispatcher(None, parallel.make_mesh(8), None, sampler=sampler,
+                          data={}, seed=0)
+
+
+@pytest.mark.slow
+def test_a_run_trains_the_partial_batch_and_resumes_exactly_across_it(digits_data_dir,
+                                                                      tmp_path):
+  """40 examples at batch 16, ``last_batch='train'``: 3 steps per epoch (16, 16, 8);
+  stopped after step 2 and resumed, the run ends where the straight one does. (The
+  tf.data path, the CPU default; the device path's steps are the dispatcher test's.)"""
+  pipeline = "tfdata"
+  def config(**kw):
+    c = _device_config(digits_data_dir, **kw)
+    c.data.update(dict(num_train_examples=40, last_batch="train", pipeline=pipeline))
+    c.logging.log_every_steps = 1
+    return c
+
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  assert train.train_and_evaluate(config(), straight)["step"] == 3
+  assert train.train_and_evaluate(config(max_steps=2), resumed)["step"] == 2
+  train.train_and_evaluate(config(), resumed)
+  assert _params(straight)[0] == _params(resumed)[0] == 3
+  chex.assert_trees_all_close(_params(resumed)[1], _params(straight)[1], rtol=1e-6,
+                              atol=1e-6)

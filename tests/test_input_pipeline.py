@@ -198,3 +198,40 @@ def test_missing_dataset_raises_one_clear_error(tmp_path, monkeypatch):
 def test_unknown_dataset_name_raises_value_error(tmp_path):
   with pytest.raises(ValueError, match="no_such_dataset_xyz"):
     input_pipeline.get_dataset_info(data_config(str(tmp_path), "no_such_dataset_xyz"))
+
+
+# ---- the last partial batch (issue 19, point 2) ---------------------------------------
+
+
+def test_last_batch_train_ends_each_epoch_with_the_remainder_and_resumes_exactly(
+    digits_data_dir, shards=2):
+  """40 examples at batch 16: epochs of 16, 16, 8 (PyTorch's drop_last=False), each
+  example once per epoch; starting at any step, including the partial one and the one
+  after it, gives the uninterrupted stream. Two input shards: each part's remainder
+  (20 = 8 + 8 + 4) ends its epoch, the parts' sub-batches concatenated. (One shard:
+  `test_device_data.test_a_run_trains_the_partial_batch_and_resumes_exactly_across_it`.)"""
+  config = data_config(digits_data_dir, num_train_examples=40, last_batch="train",
+                       input_shards=shards)
+  dataset = input_pipeline.Dataset(config)
+  assert dataset.steps_per_epoch(16) == 3 and dataset.last_batch_size(16) == 8
+  straight = take(dataset.train_iterator(16, seed=0, num_devices=1), 7)
+  assert [len(b["label"]) for b in straight] == [16, 16, 8] * 2 + [16]
+  for e in (0, 1):
+    seen = np.concatenate([b["index"] for b in straight[3 * e:3 * e + 3]])
+    assert sorted(seen.tolist()) == list(range(40))
+  for k in (1, 2, 3, 5):
+    resumed = take(dataset.train_iterator(16, seed=0, start_step=k, num_devices=1), 2)
+    assert_same_batches(resumed, straight[k:k + 2])
+  # 'drop' (the default) keeps the full batches only: the same first two of each epoch.
+  dropped = take(input_pipeline.create_train_iterator(
+      data_config(digits_data_dir, num_train_examples=40, input_shards=shards), 16, 0), 4)
+  assert_same_batches(dropped, straight[0:2] + straight[3:5])
+
+
+def test_last_batch_values_and_device_split_are_checked(digits_data_dir):
+  dataset = input_pipeline.Dataset(data_config(digits_data_dir, num_train_examples=40,
+                                               last_batch="train"))
+  with pytest.raises(ValueError, match=r"last batch holds 8 examples .* 16 devices"):
+    dataset.train_iterator(16, seed=0, num_devices=16)
+  with pytest.raises(ValueError, match=r"last_batch='keep'; accepted: drop, train"):
+    input_pipeline.Dataset(data_config(digits_data_dir, last_batch="keep")).steps_per_epoch(16)

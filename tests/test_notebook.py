@@ -82,3 +82,56 @@ def test_notebook_runs_offline_on_cpu(digits_data_dir, tmp_path, monkeypatch):
                                   for i in images)
   afd = tmp_path / "colab" / "quickstart" / "student_afd"
   assert (afd / "curves.png").exists() and (afd / "links.png").exists()
+
+
+def _install_cell(**parameters):
+  """The install cell's code, preceded by the parameters cell and `parameters`."""
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  install = next(c for c in code if "pip install" in c.source)
+  overrides = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+  return "\n".join([code[0].source, overrides, install.source])
+
+
+class _FakeProcess:
+  stdout = ()
+  returncode = 0
+
+  def wait(self):
+    return 0
+
+
+def _record_commands(monkeypatch):
+  """Replaces the subprocesses the cell starts with a record of their commands."""
+  commands = []
+
+  def popen(command, **kwargs):
+    commands.append(command)
+    return _FakeProcess()
+  monkeypatch.setattr("subprocess.Popen", popen)
+  monkeypatch.setattr("shutil.which", lambda name: None)  # a CPU runtime
+  return commands
+
+
+def test_placeholder_repo_url_fails_at_once_saying_what_to_set(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no checkout here
+  commands = _record_commands(monkeypatch)
+  with pytest.raises(ValueError) as err:
+    exec(_install_cell(WORKDIR=str(tmp_path / "w")), {})  # pylint: disable=exec-used
+  assert commands == []  # no git clone, no pip
+  message = str(err.value)
+  assert "REPO_URL" in message and "<org>" in message and "REPO_DIR" in message
+
+
+def test_install_cell_uses_an_uploaded_checkout(tmp_path, monkeypatch):
+  upload = tmp_path / "uploaded_afd_jax"
+  upload.mkdir()
+  (upload / "requirements.txt").write_text("")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr("sys.path", list(__import__("sys").path))
+  commands = _record_commands(monkeypatch)
+  exec(_install_cell(REPO_DIR=str(upload), WORKDIR="w"), {})  # pylint: disable=exec-used
+  assert os.getcwd() == str(upload)
+  assert len(commands) == 1 and commands[0].endswith("-m pip install -q -r requirements.txt")
+  with pytest.raises(ValueError, match="REPO_DIR"):
+    exec(_install_cell(REPO_DIR=str(tmp_path / "nothing")), {})  # pylint: disable=exec-used

@@ -192,3 +192,42 @@ def test_dkd_warmup_counts_train_steps_in_method_state():
   _, mutated = module.apply(variables, *args, train=False, mutable=["method_state"])
   assert int(mutated["method_state"]["step"]) == 10
   module.apply(variables, *args, train=True)
+
+
+def np_torch_kl_div(log_q, p):
+  """torch.nn.functional.kl_div(log_q, p) elementwise: xlogy(p, p) − p·log_q."""
+  with np.errstate(divide="ignore"):
+    return np.where(p == 0, 0.0, p * np.log(np.where(p == 0, 1.0, p))) - p * log_q
+
+
+def test_dkd_teacher_probability_exactly_zero_adds_zero_as_torch_kl_div():
+  # Teacher 0 leads by 600 > 104·τ: its binary "rest" mass is exactly 0 in float32.
+  s = np.array([[1.0, -0.5, 0.3, 2.0], [0.2, 0.1, -1.0, 0.5]])
+  t = np.array([[600.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, -1.0]])
+  y = np.array([0, 2])
+  tckd, nckd = dkd.dkd_terms(f32(s), f32(t), jnp.asarray(y), 4.0)
+  assert np.isfinite(float(tckd)) and np.isfinite(float(nckd))
+  # mdistiller's dkd_loss: kl_div over the (target, rest) pair of float32 softmaxes
+  pt = np.asarray(jax.nn.softmax(f32(t) / 4.0), np.float64)
+  ps = np.asarray(jax.nn.softmax(f32(s) / 4.0), np.float64)
+  gt = np.eye(4)[y]
+  bt = np.stack([(pt * gt).sum(1), (pt * (1 - gt)).sum(1)], 1)
+  bs = np.stack([(ps * gt).sum(1), (ps * (1 - gt)).sum(1)], 1)
+  assert bt[0, 1] == 0.0
+  want_tckd = 16.0 * np.mean(np_torch_kl_div(np.log(bs), bt).sum(1))
+  np.testing.assert_allclose(float(tckd), want_tckd, rtol=1e-4)
+  np.testing.assert_allclose(float(nckd), np_dkd(s, t, y, 4.0)[1], rtol=1e-4)
+  grad = jax.grad(lambda z: dkd.dkd_terms(z, f32(t), jnp.asarray(y), 4.0)[0])(f32(s))
+  assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_pkt_zeroes_nan_after_normalising_as_the_release():
+  # A student row with an inf: the release's x / (||x|| + eps) is inf/inf = NaN there and
+  # 0 elsewhere, then `output_net[output_net != output_net] = 0` makes the row all zeros.
+  rng = np.random.default_rng(11)
+  s, t = rng.normal(size=(5, 4)), rng.normal(size=(5, 6))
+  s[2, 1] = np.inf
+  got = float(pkt.pkt_loss(f32(s), f32(t)))
+  zeroed = s.copy()
+  zeroed[2] = 0.0
+  np.testing.assert_allclose(got, np_pkt(zeroed, t), rtol=1e-4)

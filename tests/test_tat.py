@@ -10,7 +10,7 @@ import pytest
 
 from afd_jax.methods import FeatureInfo, PairingError, build_method
 from afd_jax.methods import tat
-from numpy_reference import fd_check, np_ce, np_kd, np_softmax
+from numpy_reference import fd_check, np_ce, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
 fd_check = functools.partial(fd_check, rtol=2e-3, atol=2e-6)  # this file's tolerances
@@ -177,10 +177,10 @@ def test_global_module_value_and_gradient(learnable_key):
   p = np_params(variables)
   ref_tat = np_global_module(p, np.float64(s), np.float64(t), learnable_key)
   np.testing.assert_allclose(metrics["tat"], ref_tat, rtol=1e-4)
-  # Released ImageNet recipe: 0.5·CE + 0.5·KD(τ = 1) + 0.1·TaT.
-  ref = 0.5 * np_ce(sl, y) + 0.5 * np_kd(np.float64(sl), np.float64(tl), 1.0) + 0.1 * ref_tat
+  # The released ImageNet recipe (train_local.sh -> ..._attn.yaml): 0.1·CE + 0.2·TaT.
+  ref = 0.1 * np_ce(sl, y) + 0.2 * ref_tat
   np.testing.assert_allclose(loss, ref, rtol=1e-4)
-  fd_check(lambda x: 0.1 * np_global_module(p, x, np.float64(t), learnable_key), grad, s,
+  fd_check(lambda x: 0.2 * np_global_module(p, x, np.float64(t), learnable_key), grad, s,
            rtol=5e-3, atol=1e-6)
   # The teacher is a fixed target: no gradient flows into it.
   np.testing.assert_array_equal(g_t, 0.0)
@@ -234,3 +234,14 @@ def test_hierarchical_grid_is_checked_at_build_time():
   with pytest.raises(ValueError, match="unknown mode"):
     build_method(ml_collections.ConfigDict(dict(name="tat", mode="local")),
                  student=student, teacher=teacher)
+
+
+def test_defaults_are_the_runs_the_releases_launch():
+  """Global: sihaoevery/TaT@a6cc329 train_local.sh -> resnet18_from_resnet34_attn.yaml
+  (KDLoss alpha 0.1 beta 0.0, MaskedFM factor 0.2, the teacher's key nn.Identity);
+  hierarchical: TaT-seg train_voc_resnet18.sh (ALPHA 0.1, no KD, learnable key)."""
+  g = tat.Config()
+  assert (g.ce_weight, g.kd_weight, g.weight, g.learnable_key) == (0.1, 0.0, 0.2, False)
+  h = tat.Config(mode="hierarchical")
+  assert (h.ce_weight, h.kd_weight, h.weight, h.learnable_key) == (1.0, 0.0, 0.1, True)
+  assert tat.Config(weight=0.3).weight == 0.3

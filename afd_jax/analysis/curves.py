@@ -1,5 +1,5 @@
-"""Training curves of one run, from its ``metrics.jsonl``: loss terms, learning rate and
-eval top-1 (with the teacher's top-1 as a reference line), one PNG.
+"""Training curves of one run, from its ``metrics.jsonl``: loss terms, gradient norm,
+learning rate and eval top-1 (with the teacher's top-1 as a reference line), one PNG.
 
 Rendering draws on matplotlib's Agg canvas directly (no pyplot, no global backend
 switch), as `afd_jax.analysis.heatmap` does, so it works without a display.
@@ -16,8 +16,9 @@ import numpy as np
 from afd_jax import metric_writer
 
 # train/<name> scalars that are not loss terms (they get their own panel, or none).
-NOT_LOSS_TERMS = ("lr", "top1", "top5", "images_per_sec")
-LOSS_TITLE, LR_TITLE, TOP1_TITLE = "train loss terms", "learning rate", "eval top-1"
+NOT_LOSS_TERMS = ("lr", "grad_norm", "top1", "top5", "images_per_sec", "skipped")
+LOSS_TITLE, GRAD_TITLE, LR_TITLE, TOP1_TITLE = (
+    "train loss terms", "gradient norm", "learning rate", "eval top-1")
 CURVES_FILE = "curves.png"
 
 
@@ -39,10 +40,10 @@ def loss_terms(rows: Sequence[dict]) -> list[str]:
 
 
 def curves_figure(rows: Sequence[dict], title: str = "") -> Figure:
-  """The three-panel figure (attached to an Agg canvas); see `render_curves`."""
-  fig = Figure(figsize=(13, 3.6), dpi=100)
+  """The four-panel figure (attached to an Agg canvas); see `render_curves`."""
+  fig = Figure(figsize=(17, 3.6), dpi=100)
   FigureCanvasAgg(fig)
-  ax_loss, ax_lr, ax_top1 = fig.subplots(1, 3)
+  ax_loss, ax_grad, ax_lr, ax_top1 = fig.subplots(1, 4)
   for key in loss_terms(rows):
     ax_loss.plot(*_series(rows, key), label=key.split("/", 1)[1])
   if ax_loss.lines:
@@ -51,6 +52,12 @@ def curves_figure(rows: Sequence[dict], title: str = "") -> Figure:
     if all(np.all(line.get_ydata() > 0) for line in ax_loss.lines):
       ax_loss.set_yscale("log")
   ax_loss.set(title=LOSS_TITLE, xlabel="step", ylabel="loss")
+  # The global gradient norm is no loss term: on the loss axes it would read as one.
+  steps, grad_norm = _series(rows, "train/grad_norm")
+  ax_grad.plot(steps, grad_norm, color="tab:green")
+  if grad_norm.size and np.all(grad_norm > 0):
+    ax_grad.set_yscale("log")
+  ax_grad.set(title=GRAD_TITLE, xlabel="step", ylabel="‖∇‖₂")
   ax_lr.plot(*_series(rows, "train/lr"), color="tab:purple")
   ax_lr.set(title=LR_TITLE, xlabel="step", ylabel="lr")
   steps, top1 = _series(rows, "eval/top1")
@@ -71,9 +78,10 @@ def curves_figure(rows: Sequence[dict], title: str = "") -> Figure:
 def render_curves(rows: Sequence[dict], title: str = "") -> np.ndarray:
   """Renders the curves of `rows` (`metric_writer.read_metrics` rows) to an image.
 
-  Panels: every ``train/<term>`` loss term (all but lr/top1/top5/images_per_sec), the
-  learning rate ``train/lr``, and ``eval/top1`` with ``teacher/top1`` as a dashed
-  horizontal line when the run has a teacher. Missing keys leave a panel empty.
+  Panels, left to right: every ``train/<term>`` loss term (all but `NOT_LOSS_TERMS`), the
+  global gradient norm ``train/grad_norm``, the learning rate ``train/lr``, and
+  ``eval/top1`` with ``teacher/top1`` as a dashed horizontal line when the run has a
+  teacher. Missing keys leave a panel empty.
 
   Returns:
     (H, W, 3) uint8 RGB image.

@@ -6,8 +6,9 @@ Every zoo model with a PyTorch original maps one-to-one onto that original's
 * ``resnet8 .. resnet110``, ``resnet8x4``, ``resnet32x4``: RepDistiller/CRD ``resnet.py``
   (``conv1``, ``bn1``, ``layer{i}.{j}.{conv,bn}{1,2}``, ``layer{i}.{j}.downsample.{0,1}``,
   ``fc``);
-* ``resnet18``, ``resnet34``, ``ResNet50`` (CIFAR stem): RepDistiller ``resnetv2.py``
-  (shortcut ``layer{i}.{j}.shortcut.{0,1}``, classifier ``linear``);
+* ``resnet18``, ``resnet34``, ``ResNet50``, ``resnet101`` (CIFAR stem): RepDistiller
+  ``resnetv2.py`` = the AFD release's ``resnetv2.py`` (shortcut
+  ``layer{i}.{j}.shortcut.{0,1}``, classifier ``linear``);
 * ``resnet{18,34,50}_imagenet``: torchvision ``resnet.py`` (as the CIFAR ResNets, with
   ``conv3``/``bn3`` in Bottlenecks);
 * ``wrn_*``: RepDistiller ``wrn.py`` = the AFD release's ``wrn.py``
@@ -32,8 +33,10 @@ release's ImageNet backbones (torchvision ResNets, the MobileNetV2 file) into a 
 Tensors convert as: conv weight (O, I/g, kh, kw) <-> kernel (kh, kw, I/g, O); linear
 weight (O, I) <-> kernel (I, O); BN ``weight``/``bias``/``running_mean``/``running_var``
 <-> ``scale``/``bias`` (params) and ``mean``/``var`` (batch_stats). PyTorch's
-``num_batches_tracked`` counters have no afd_jax counterpart: ignored on import, written
-as one value for all BNs on export.
+``num_batches_tracked`` counters have no afd_jax variable: `import_teacher` keeps them in the
+teacher run's ``meta`` and `export_run` writes them back, so an imported checkpoint exports
+with its own counters; a run trained here exports its checkpoint's step (each train step
+moves every BatchNorm once).
 
 This is the only afd_jax module that imports torch, and only inside the functions that
 read or write ``.pth`` files; the conversions themselves work on NumPy arrays.
@@ -41,6 +44,8 @@ read or write ``.pth`` files; the conversions themselves work on NumPy arrays.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from typing import Any, Mapping
 
 import jax
@@ -71,13 +76,16 @@ def abstract_variables(model_name: str, num_classes: int, **model_kwargs: Any) -
 
 
 def variables_to_state_dict(model_name: str, variables: Mapping[str, Any],
-                            num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+                            num_batches_tracked: int | Mapping[str, int] = 0
+                            ) -> dict[str, np.ndarray]:
   """afd_jax ``{'params', 'batch_stats'}`` -> the original's ``state_dict`` (NumPy).
 
   Args:
     model_name: the model the variables belong to.
     variables: its params and batch_stats (arrays of any kind).
-    num_batches_tracked: written into every BN's ``num_batches_tracked`` (int64).
+    num_batches_tracked: written into every BN's ``num_batches_tracked`` (int64): one
+      value for all, or ``{counter key: value}`` (`bn_counters` of a checkpoint; a BN it
+      lacks gets 0).
 
   Returns:
     ``{torch key: float32 array}`` in PyTorch layout (conv weights (O, I/g, kh, kw),
@@ -92,9 +100,16 @@ def variables_to_state_dict(model_name: str, variables: Mapping[str, Any],
     for k in (key, *torch_layouts.aliases(model_name, key)):
       state[k] = tensor
       if path[-1] == "mean":
-        state[k[:-len("running_mean")] + _BN_COUNTER] = np.asarray(num_batches_tracked,
-                                                                     np.int64)
+        counter = k[:-len("running_mean")] + _BN_COUNTER
+        value = (num_batches_tracked.get(counter, 0)
+                 if isinstance(num_batches_tracked, Mapping) else num_batches_tracked)
+        state[counter] = np.asarray(value, np.int64)
   return state
+
+
+def bn_counters(state_dict: Mapping[str, Any]) -> dict[str, int]:
+  """``{key: value}`` of a ``state_dict``'s BatchNorm ``num_batches_tracked`` entries."""
+  return {k: int(np.asarray(v)) for k, v in state_dict.items() if k.endswith(_BN_COUNTER)}
 
 
 def state_dict_to_variables(model_name: str, state_dict: Mapping[str, Any],
@@ -276,13 +291,29 @@ def load_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
   """
   import torch  # pylint: disable=g-import-not-at-top
 
+  if not os.path.isfile(path):
+    raise TorchCheckpointError(f"cannot read PyTorch checkpoint {path!r}: "
+                               f"{'it is a directory' if os.path.isdir(path) else 'no such file'}")
+  if os.path.getsize(path) == 0:
+    raise TorchCheckpointError(f"cannot read PyTorch checkpoint {path!r}: the file is empty")
   try:
     checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-  except Exception as e:
+  except pickle.UnpicklingError as e:
+    guard = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+    if allow_pickle or not guard:
+      raise TorchCheckpointError(f"cannot read PyTorch checkpoint {path!r}: "
+                                 f"{type(e).__name__}: {e}") from e
+    # torch's weights-only guard: the file pickles more than tensors (an optimizer's
+    # objects, argparse Namespaces, NumPy scalars).
     raise TorchCheckpointError(
-        f"cannot read PyTorch checkpoint {path!r}: {type(e).__name__}: {e}. If it is "
-        "trusted and holds other pickled objects, pass allow_pickle (--allow_pickle)."
-    ) from e
+        f"cannot read PyTorch checkpoint {path!r} with weights-only loading: "
+        f"{guard.group(1).strip()} If the file is from a trusted source, pass "
+        "allow_pickle (--allow_pickle): full unpickling can run code stored in it.") from e
+  except Exception as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else "no further detail"
+    raise TorchCheckpointError(
+        f"cannot read PyTorch checkpoint {path!r}: {type(e).__name__}: {first} (is it a "
+        "complete file written by torch.save?)") from e
   state = extract_state_dict(checkpoint, path)
   return {k: (v.detach().cpu().numpy() if v.dtype == torch.int64 else _to_numpy(v))
           for k, v in state.items()}
@@ -310,16 +341,39 @@ def import_teacher(model_name: str, checkpoint: str, workdir: str, num_classes: 
   """
   state = load_state_dict(checkpoint, allow_pickle=allow_pickle)
   variables = state_dict_to_variables(model_name, state, num_classes)
-  checkpointing.write_teacher_checkpoint(workdir, variables, {
-      "model": model_name, "num_classes": num_classes, "source": checkpoint})
+  meta = {"model": model_name, "num_classes": num_classes, "source": checkpoint}
+  if bn_counters(state):
+    meta[_BN_COUNTER] = bn_counters(state)
+  checkpointing.write_teacher_checkpoint(workdir, variables, meta)
   return variables
 
 
+def _run_bn_counters(workdir: str) -> int | dict[str, int]:
+  """What `export_run` writes as ``num_batches_tracked``: an imported teacher's own
+  counters (its ``meta``), else the step of the checkpoint exported (0 if unknown)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  step_dir = checkpointing._find_step_dir(workdir)  # pylint: disable=protected-access
+  try:
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(step_dir, "meta"))
+  except Exception:  # no readable meta: nothing but the step to go on
+    meta = {}
+  if isinstance(meta, Mapping) and isinstance(meta.get(_BN_COUNTER), Mapping):
+    return {k: int(v) for k, v in meta[_BN_COUNTER].items()}
+  name = os.path.basename(os.path.normpath(step_dir))
+  return int(name) if name.isdigit() else 0
+
+
 def export_run(workdir: str, model_name: str, output: str, num_classes: int) -> dict:
-  """Writes the run's student as a bare PyTorch state_dict; returns it (NumPy)."""
+  """Writes the run's student as a bare PyTorch state_dict; returns it (NumPy).
+
+  Raises:
+    CheckpointError: no checkpoint at `workdir`, or one that does not fit `model_name`.
+  """
   abstract = abstract_variables(model_name, num_classes)
   variables = checkpointing.load_teacher_variables(workdir, abstract, model_name)
-  state = variables_to_state_dict(model_name, variables)
+  state = variables_to_state_dict(model_name, variables, _run_bn_counters(workdir))
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   save_state_dict(state, output)
   return state

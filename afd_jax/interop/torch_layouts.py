@@ -30,7 +30,7 @@ def _family(model_name: str) -> str:
     return "deeplab_resnet"
   if model_name.endswith("_imagenet"):
     return "torchvision"
-  if model_name in ("resnet18", "resnet34", "ResNet50"):
+  if model_name in ("resnet18", "resnet34", "ResNet50", "resnet101"):
     return "resnetv2"
   if model_name.startswith("resnet"):
     return "cifar_resnet"

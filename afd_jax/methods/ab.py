@@ -21,11 +21,16 @@ the two maps have the same shape, else ``ConvReg`` without its ReLU, i.e. a conv
 student's map is twice the teacher's, 4×4 stride-2 transposed when half, else a valid
 ``(1 + Hs − Ht) × (1 + Ws − Wt)`` kernel (1×1 for equal sizes); a student map smaller
 than the teacher's in any other ratio cannot be connected (`PairingError`).
+
+Initial values as the release's ``ConvReg`` (``models/util.py:131-146``, via ``Connector``
+at ``train_student.py:230``, no re-initialisation): PyTorch's default (transposed) conv
+init, uniform(±1/√fan_in) for kernel and bias (fan_in = C_in·kh·kw for a conv,
+C_out·kh·kw for a transposed one, as PyTorch counts it), and PyTorch's BatchNorm (scale 1,
+bias 0, momentum 0.1, unbiased running variance: `layers.BatchNorm`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
@@ -33,18 +38,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, InitPhase, LogitTerms, PairingError, logit_terms,
                                   paired_stages, register, require_features)
-
-# PyTorch's default (transposed) conv init: kaiming_uniform(a=√5), uniform(±1/sqrt(fan_in)),
-# fan_in = in·kh·kw for Conv2d and out·kh·kw for ConvTranspose2d; the latter's flax
-# kernel with ``transpose_kernel=True`` is (kh, kw, out, in), so "fan_in" covers both.
-_TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _torch_bias_init(fan_in: int):
-  """PyTorch's default conv bias init: uniform(±1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
+from afd_jax.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,18 +102,17 @@ class Connector(nn.Module):
     if kind == "conv":
       fan_in = x.shape[-1] * kernel[0] * kernel[1]
       x = nn.Conv(features, kernel, strides=stride, padding=((pad, pad), (pad, pad)),
-                  kernel_init=_TORCH_CONV_INIT, bias_init=_torch_bias_init(fan_in),
-                  name="conv")(x)
+                  kernel_init=layers.torch_default_conv_init,
+                  bias_init=layers.torch_default_bias_init(fan_in), name="conv")(x)
     else:
       # PyTorch's transposed-conv padding p crops p from each side: k - 1 - p here.
       q = kernel[0] - 1 - pad
       fan_in = features * kernel[0] * kernel[1]
       x = nn.ConvTranspose(features, kernel, strides=(stride, stride),
                            padding=((q, q), (q, q)), transpose_kernel=True,
-                           kernel_init=_TORCH_CONV_INIT,
-                           bias_init=_torch_bias_init(fan_in), name="conv")(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        name="bn")(x)
+                           kernel_init=layers.torch_default_conv_init,
+                           bias_init=layers.torch_default_bias_init(fan_in), name="conv")(x)
+    return layers.batch_norm(train, name="bn")(x)
 
 
 def alternative_l2(source: jnp.ndarray, target: jnp.ndarray, margin: float) -> jnp.ndarray:

@@ -19,6 +19,10 @@ pure functions of arrays (`attention_logits`, `attention_weights`, `student_valu
 
 Which features ("links") AFD chooses among, per architecture: `afd_features`.
 
+Initial values are the release's (``distill/AFD.py:11-16, 46-49``):
+``nn.Linear`` defaults (`layers.dense`), PyTorch BatchNorm (`layers.BatchNorm`), ``p_t`` and
+``p_s`` by ``xavier_normal_`` (an untruncated normal of variance 2 / (n + d)).
+
 Deviations from the reference release, none of which changes the training loss:
 
 * Student values are grouped by the teacher's *spatial* size (Hu, Wu) rather than its full
@@ -78,6 +82,11 @@ def _global_mean(f: jnp.ndarray) -> jnp.ndarray:
   return jnp.mean(_at_least_f32(f), axis=(1, 2))
 
 
+# torch.nn.init.xavier_normal_ (the release's p_t, p_s): an untruncated normal of
+# variance 2 / (fan_in + fan_out); flax's xavier_normal truncates at about 2.3 sigma.
+_XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
 class _LinearBN(nn.Module):
   """Dense (PyTorch init) -> BatchNorm (-> ReLU): (..., C_in) -> (..., features).
 
@@ -127,8 +136,8 @@ class AFDMetaNetwork(nn.Module):
     # last, so its statistics span all of them (no batch reshape: sharding-friendly).
     kb = _LinearBN(nt * d, relu=False, name="bilinear")(k, train)
     kb = kb.reshape(*k.shape[:2], nt, d)
-    p_t = self.param("p_t", nn.initializers.xavier_normal(), (nt, d), jnp.float32)
-    p_s = self.param("p_s", nn.initializers.xavier_normal(), (ns, d), jnp.float32)
+    p_t = self.param("p_t", _XAVIER_NORMAL, (nt, d), jnp.float32)
+    p_s = self.param("p_s", _XAVIER_NORMAL, (ns, d), jnp.float32)
     return q, kb, p_t, p_s
 
 

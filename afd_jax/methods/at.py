@@ -30,7 +30,12 @@ class Config(LogitTerms):
 
 
 def at_loss(s_feats, t_feats, p: float = 2.0) -> jnp.ndarray:
-  """Σ_k mean (at(S_k) − at(T_k))²; lists of (B, H, W, C) arrays (channels may differ)."""
+  """Σ_k mean (at(S_k) − at(T_k))²; lists of (B, H, W, C) arrays (channels may differ).
+
+  ``at`` raises F to the power p as the release does (``f.pow(p)``, see
+  `pooling.attention_map`): for p ≠ 2 odd powers keep their sign and a non-integer p
+  gives NaN at negative activations (pre-activation WRN stage outputs), as in PyTorch.
+  """
   total = 0.0
   for s, t in zip(s_feats, t_feats):
     s, t = match_spatial(s, t)

@@ -7,8 +7,10 @@ non-target-class KD (NCKD: the distribution over the non-target classes p̂):
     L = ce_weight·CE + w(epoch)·(alpha·TCKD + beta·NCKD),
     w(epoch) = min(epoch / warmup_epochs, 1)  (1-based epochs, as mdistiller).
 
-The non-target distribution is the softmax of ``z/τ − 1000·onehot(y)``, as the release
-computes it. The step count (for w) is ``method_state/step`` (see `base.train_step_count`).
+The non-target distribution is the softmax of ``z/τ − 1000·onehot(y)``, and each KL is
+torch's ``F.kl_div`` (``xlogy(p, p) − p·log q``: a teacher probability of exactly 0 adds
+0), as the release computes them (``mdistiller/distillers/DKD.py``, ``dkd_loss``). The
+step count (for w) is ``method_state/step`` (see `base.train_step_count`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import xlogy
 
 from afd_jax.methods.base import (Distiller, cross_entropy, epoch_warmup, register,
                                   train_step_count)
@@ -36,6 +39,16 @@ class Config:
   warmup_epochs: float = 20.0
 
 
+def _kl_div(log_q: jnp.ndarray, p: jnp.ndarray) -> jnp.ndarray:
+  """Elementwise ``torch.nn.functional.kl_div(log_q, p)``: ``xlogy(p, p) − p·log_q``.
+
+  A teacher probability of exactly 0 contributes 0 (``xlogy(0, 0) = 0``), as in torch;
+  ``p·(log p − log_q)`` would give ``0·(−inf) = NaN`` there (a confident teacher's
+  binary "rest" mass underflows to 0 in float32 once its target logit leads by ≳ 104·τ).
+  """
+  return xlogy(p, p) - p * log_q
+
+
 def dkd_terms(s_logits: jnp.ndarray, t_logits: jnp.ndarray, labels: jnp.ndarray,
               temperature: float) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(TCKD, NCKD), both scaled by τ² and averaged over the batch.
@@ -51,10 +64,10 @@ def dkd_terms(s_logits: jnp.ndarray, t_logits: jnp.ndarray, labels: jnp.ndarray,
   ps, pt = jax.nn.softmax(zs), jax.nn.softmax(zt)
   binary = lambda p: jnp.stack([jnp.sum(p * gt, -1), jnp.sum(p * (1 - gt), -1)], -1)  # noqa
   bs, bt = binary(ps), binary(pt)
-  tckd = jnp.mean(jnp.sum(bt * (jnp.log(bt) - jnp.log(bs)), -1))
+  tckd = jnp.mean(jnp.sum(_kl_div(jnp.log(bs), bt), -1))
   log_qs = jax.nn.log_softmax(zs - 1000.0 * gt)
-  log_qt = jax.nn.log_softmax(zt - 1000.0 * gt)
-  nckd = jnp.mean(jnp.sum(jnp.exp(log_qt) * (log_qt - log_qs), -1))
+  qt = jax.nn.softmax(zt - 1000.0 * gt)
+  nckd = jnp.mean(jnp.sum(_kl_div(log_qs, qt), -1))
   return temperature ** 2 * tckd, temperature ** 2 * nckd
 
 

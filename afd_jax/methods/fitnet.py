@@ -4,6 +4,12 @@ Hint: the student's ``stage{k}.out`` through a learnable regressor (1×1 conv + 
 the CRD benchmark's regressor with a 1×1 kernel) to the teacher's channel count; guided
 layer: the teacher's ``stage{k}.out``. If the spatial sizes differ, the larger map is
 average-pooled to the smaller (our choice; CRD uses a strided conv instead).
+
+Initial values as the release's ``ConvReg`` (RepDistiller ``models/util.py:131-146``,
+built at ``train_student.py:187`` with no re-initialisation): the conv at PyTorch's default,
+kaiming_uniform(a=√5) = uniform(±1/√fan_in) for the kernel and uniform(±1/√fan_in) for
+the bias (fan_in = C_s for the 1×1 kernel); the BatchNorm PyTorch's (scale 1, bias 0,
+momentum 0.1, unbiased running variance: `layers.BatchNorm`).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
                                   require_features)
 from afd_jax.methods.pooling import match_spatial
+from afd_jax.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +46,11 @@ class FitNet(nn.Module):
   def __call__(self, s_feats, t_feats, s_logits, t_logits, labels, *, train: bool):
     """s_feats = [(B, Hs, Ws, Cs)], t_feats = [(B, Ht, Wt, Ct)]; returns (loss, metrics)."""
     s, t = match_spatial(s_feats[0], t_feats[0])
-    r = nn.Conv(self.teacher_channels, (1, 1), name="regressor")(s)
-    r = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     name="regressor_bn")(r)
+    # ConvReg's nn.Conv2d / nn.BatchNorm2d at PyTorch's defaults (see the module doc).
+    fan_in = s.shape[-1]
+    r = nn.Conv(self.teacher_channels, (1, 1), kernel_init=layers.torch_default_conv_init,
+                bias_init=layers.torch_default_bias_init(fan_in), name="regressor")(s)
+    r = layers.batch_norm(train, name="regressor_bn")(r)
     r = nn.relu(r)
     hint = hint_loss(r, t)
     total, metrics = logit_terms(self.hp, s_logits, t_logits, labels)

@@ -14,11 +14,16 @@ the larger factor map average-pooled to the smaller first; the objective is
 ``ce_weight·CE + kd_weight·KD + beta·L_FT``.
 
 Features: the last ``stage{n}.out`` of both nets (RepDistiller's ``feat[-2]``).
+
+Initial values as the release's ``Paraphraser`` / ``Translator`` (``models/util.py:7-62``,
+built at ``train_student.py:242-243``, no re-initialisation): every (transposed) conv at
+PyTorch's default, uniform(±1/√fan_in) for kernel and bias (fan_in = C_in·9 for a conv,
+C_out·9 for a transposed one, as PyTorch counts it); the translator's BatchNorms
+PyTorch's (scale 1, bias 0, momentum 0.1, unbiased running variance: `layers.BatchNorm`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
@@ -27,11 +32,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, InitPhase, LogitTerms, last_stage, logit_terms,
                                   register)
 from afd_jax.methods.pooling import l2_normalize, match_spatial
-
-# PyTorch's default (transposed) conv init: kaiming_uniform(a=√5), uniform(±1/sqrt(fan_in)),
-# fan_in = in·kh·kw for Conv2d and out·kh·kw for ConvTranspose2d; the latter's flax
-# kernel with ``transpose_kernel=True`` is (kh, kw, out, in), so "fan_in" covers both.
-_TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+from afd_jax.models import layers
 
 # RepDistiller (``helper/pretrain.py``) trains the paraphraser of these students at lr 0.01.
 INIT_LR_001_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44",
@@ -64,19 +65,13 @@ class Config(LogitTerms):
   init_lr: float | None = None
 
 
-def _torch_bias_init(fan_in: int):
-  """PyTorch's default conv bias init: uniform(±1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
-
-
 def _conv3x3(features: int, fan_in: int, name: str, transpose: bool = False) -> nn.Module:
   """A PyTorch-initialised 3×3, stride-1, padding-1 (transposed) conv with bias."""
   cls = nn.ConvTranspose if transpose else nn.Conv
   extra = {"transpose_kernel": True} if transpose else {}
-  return cls(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_TORCH_CONV_INIT,
-             bias_init=_torch_bias_init(fan_in), name=name, **extra)
+  return cls(features, (3, 3), padding=((1, 1), (1, 1)),
+             kernel_init=layers.torch_default_conv_init,
+             bias_init=layers.torch_default_bias_init(fan_in), name=name, **extra)
 
 
 def _leaky(x: jnp.ndarray) -> jnp.ndarray:
@@ -111,8 +106,7 @@ class Translator(nn.Module):
     m = int(teacher_channels * self.rate)
     for i, features in enumerate((x.shape[-1], m, m)):
       x = _conv3x3(features, x.shape[-1] * 9, f"conv_{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       name=f"bn_{i}")(x)
+      x = layers.batch_norm(train, name=f"bn_{i}")(x)
       x = _leaky(x)
     return x
 

@@ -3,7 +3,8 @@
 Cosine similarities within the batch become conditional probabilities, and the student's
 are pulled to the teacher's by a KL divergence:
 
-    x̂ = x / (||x|| + ε),  K = (x̂ x̂ᵀ + 1) / 2,  P = K / rowsum(K),
+    x̂ = x / (||x|| + ε) (NaN entries then set to 0),  K = (x̂ x̂ᵀ + 1) / 2,
+    P = K / rowsum(K),
     L_PKT = mean_{i,j} P_t[i,j] · log((P_t[i,j] + ε) / (P_s[i,j] + ε)),  ε = 1e-7,
 
 on the pooled penultimate vectors (RepDistiller's ``feat[-1]``; widths may differ). The
@@ -35,6 +36,9 @@ def cosine_probabilities(x: jnp.ndarray, eps: float = EPS) -> jnp.ndarray:
   """(B, D) vectors -> (B, B) row-stochastic ``P = K / rowsum(K)``, K = (cos + 1) / 2."""
   x = unshard_batch(x.astype(jnp.float32))
   x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)) + eps)
+  # The release zeroes NaNs after normalising (``output_net[output_net != output_net] =
+  # 0``): a row holding an inf (inf / inf) becomes all zeros instead of poisoning P.
+  x = jnp.where(jnp.isnan(x), 0.0, x)
   k = (x @ x.T + 1.0) / 2.0
   return k / jnp.sum(k, axis=1, keepdims=True)
 

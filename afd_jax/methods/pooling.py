@@ -49,7 +49,12 @@ def l2_normalize(x: jnp.ndarray, axis=-1, eps: float = 1e-12) -> jnp.ndarray:
 
 
 def attention_map(f: jnp.ndarray, p: float = 2.0) -> jnp.ndarray:
-  """Attention-transfer map ``l2norm(flatten(mean_c(|F|^p)))``.
+  """Attention-transfer map ``l2norm(flatten(mean_c(F^p)))``.
+
+  ``F^p`` is the releases' ``f.pow(p)`` (RepDistiller ``distiller_zoo/AT.py``, ``at``;
+  szagoruyko/attention-transfer), not the paper's ``|F|^p``: the same for even p (every
+  release setting uses p = 2), signed for odd p, and NaN at negative entries for a
+  non-integer p (on post-ReLU features it is the same for every p).
 
   Args:
     f: (B, H, W, C) feature.
@@ -58,7 +63,7 @@ def attention_map(f: jnp.ndarray, p: float = 2.0) -> jnp.ndarray:
   Returns:
     (B, H*W) l2-normalised spatial attention.
   """
-  a = jnp.mean(jnp.square(f) if p == 2 else jnp.abs(f) ** p, axis=-1)
+  a = jnp.mean(jnp.square(f) if p == 2 else f ** p, axis=-1)
   return l2_normalize(a.reshape(a.shape[0], -1), axis=-1)
 
 

@@ -25,6 +25,7 @@ batches run with the same parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -104,15 +105,20 @@ class GramEmbed(nn.Module):
 
 
 class Regressor(nn.Module):
-  """The release's AAEmbed: (B, H, W, Cs) -> (B, H, W, channels)."""
+  """The release's AAEmbed: (B, H, W, Cs) -> (B, H, W, channels).
+
+  Its bias-free convs start at PyTorch's default, uniform(±1/√fan_in) (the release's
+  ``models/util.py:121-140`` ``AAEmbed`` leaves them there), not at the zoo's Kaiming fan-out.
+  """
   channels: int
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     mid = 2 * self.channels
-    x = nn.relu(layers.batch_norm(train, name="bn1")(layers.conv(mid, 1, name="conv1")(x)))
-    x = nn.relu(layers.batch_norm(train, name="bn2")(layers.conv(mid, 3, name="conv2")(x)))
-    return layers.conv(self.channels, 1, name="conv3")(x)
+    conv = functools.partial(layers.conv, kernel_init=layers.torch_default_conv_init)
+    x = nn.relu(layers.batch_norm(train, name="bn1")(conv(mid, 1, name="conv1")(x)))
+    x = nn.relu(layers.batch_norm(train, name="bn2")(conv(mid, 3, name="conv2")(x)))
+    return conv(self.channels, 1, name="conv3")(x)
 
 
 class SemCKD(nn.Module):

@@ -30,14 +30,23 @@ Modes (``mode``):
   trainer's ``t_net.train()``).
 
 Total: ``ce_weight·CE + kd_weight·KD(τ) + weight·L``.
-Defaults. The only published full recipe is the ImageNet release's
-``0.5·CE + 0.5·KD(τ = 1) + 0.1·L_TaT``; the CIFAR per-pair weights were not recoverable, so
-the global mode uses that recipe on CIFAR as well (the paper reports the TaT weight stable
-over 0.05–0.25). At initialisation on CIFAR-100 (random-init zoo models, train-mode BN)
-CE ≈ 4.6, KD(τ = 1) ≈ 4.5 and L_TaT ≈ 1 + E[t²] (``out`` is nearly one unit-variance BN
-row, the teacher post-ReLU): measured 1.3 (wrn_40_2→wrn_16_2), 1.4 (vgg13→vgg8), 3.5
-(resnet32x4→ShuffleV2), 5.1 (resnet32x4→resnet8x4), 8.4 (resnet56→resnet20); so
-0.1·L_TaT starts 5–35× below CE and gains relative weight as CE falls. The hierarchical
+Defaults, global mode: the ImageNet release's recipe, the one its ``train_local.sh`` runs
+(sihaoevery/TaT@a6cc329 ``configs/sample/ilsvrc2012/single_stage/tat/
+resnet18_from_resnet34_attn.yaml``): ``0.1·CE + 0.2·L_TaT`` and no KD — torchdistill's
+``KDLoss`` with alpha 0.1, beta 0.0 (``losses/single.py``: ``alpha·CE + beta·τ²·KL``) as
+the org term, ``MaskedFM`` (heads 1, ``nn.MSELoss``) at factor 0.2, the teacher's key the
+identity (``models/special.py AttnEmbed``: ``nn.Identity()`` for the teacher). The rest of
+that recipe is the run's, not the method's (`configs/imagenet/tat.py`): AdamW lr 0.0016
+wd 5e-4, 100 epochs ×0.1 after 30/60/90, 8 GPUs × 256 images, both nets starting from
+torchvision's ImageNet weights. The release's other file, ``..._attn_w_kd.yaml``
+(0.5·CE + 0.5·KD(τ = 1) + 0.1·L_TaT), is not what the script runs (nor valid YAML).
+The paper has CIFAR-100 results (its Table 1, seven pairs) but no released CIFAR recipe;
+`configs/cifar100/tat.py` states what it uses instead. The paper reports the TaT weight
+stable over 0.05–0.25. At initialisation on CIFAR-100 (random-init zoo models,
+train-mode BN) CE ≈ 4.6, KD(τ = 1) ≈ 4.5 and L_TaT ≈ 1 + E[t²] (``out`` is nearly one
+unit-variance BN row, the teacher post-ReLU): measured 1.3 (wrn_40_2→wrn_16_2), 1.4
+(vgg13→vgg8), 3.5 (resnet32x4→ShuffleV2), 5.1 (resnet32x4→resnet8x4), 8.4
+(resnet56→resnet20). The hierarchical
 mode defaults to the Pascal VOC ResNet18 recipe, ``train_voc_resnet18.sh``: ALPHA=0.1
 BETA=1.0 GAMMA=0.4 N=M=16 HEAD=64 Anchor_H=Anchor_W=32 (on the 129×129 decoder map at crop
 513: 8×8-position patches, 16×16 of them, 4 patches' channels per head, 32×32 anchors).
@@ -51,7 +60,9 @@ We follow the release.
 
 The hyperparameters and their defaults are `Config`'s.
 Spatial mismatch (cross-architecture pairs): the larger of the two maps is adaptively
-average-pooled to the smaller one before anything else (our choice, as in `at`/`fitnet`).
+average-pooled to the smaller one before anything else. Our choice: both releases pair
+equal-sized maps only (ResNet34/ResNet18 at 7×7; the DeepLab decoders), so they define
+nothing here.
 
 Memory: the global operator materialises a (B, N, N) attention with N = H·W of the
 matched map — 8·8 = 64 tokens on CIFAR and 7·7 = 49 on ImageNet are cheap, but a 56×56
@@ -74,11 +85,13 @@ from afd_jax.models import layers
 
 MODES = ("global", "hierarchical")
 # Per-mode defaults of the fields left None: the global mode's are the ImageNet
-# release's, the hierarchical mode's the Pascal VOC (ResNet18 student) release's.
+# release's (train_local.sh -> resnet18_from_resnet34_attn.yaml), the hierarchical
+# mode's the Pascal VOC (ResNet18 student) release's (train_voc_resnet18.sh).
 _MODE_DEFAULTS = {
-    "global": dict(ce_weight=0.5, kd_weight=0.5, temperature=1.0, learnable_key=False),
+    "global": dict(ce_weight=0.1, kd_weight=0.0, temperature=1.0, learnable_key=False,
+                   weight=0.2),
     "hierarchical": dict(ce_weight=1.0, kd_weight=0.0, temperature=1.0,
-                         learnable_key=True),
+                         learnable_key=True, weight=0.1),
 }
 
 
@@ -88,10 +101,11 @@ class Config:
 
   Attributes:
     mode: ``'global'`` or ``'hierarchical'``.
-    ce_weight, kd_weight, temperature, learnable_key: None takes the mode's default
-      (global: 0.5, 0.5, τ = 1, False; hierarchical: 1, 0, τ = 1, True).
-    weight: the TaT term's weight (0.1 in both releases; the segmentation release's
-      ``--alpha``, train_voc_resnet18.sh ALPHA=0.1).
+    ce_weight, kd_weight, temperature, learnable_key, weight: None takes the mode's
+      default (global, the ImageNet release: 0.1, 0, τ = 1, False, 0.2; hierarchical, the
+      VOC release: 1, 0, τ = 1, True, 0.1). ``weight`` is the TaT term's: ``MaskedFM``'s
+      factor 0.2 in the ImageNet yaml; the segmentation release's ``--alpha``
+      (train_voc_resnet18.sh ALPHA=0.1).
     student_feature, teacher_feature: feature names (default: ``decoder`` when both nets
       sow one, else each net's last ``stage{i}.out``).
     embed_kernel: global-mode embedding conv size (3).
@@ -107,7 +121,7 @@ class Config:
   kd_weight: float | None = None
   temperature: float | None = None
   learnable_key: bool | None = None
-  weight: float = 0.1
+  weight: float | None = None
   student_feature: str | None = None
   teacher_feature: str | None = None
   embed_kernel: int = 3

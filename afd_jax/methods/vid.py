@@ -10,6 +10,9 @@ maximising a variational lower bound on the mutual information. Maps of differen
 are average-pooled to the smaller one, as the release does. ``α`` starts at
 ``softplus⁻¹(init_var − ε)`` so that σ² = init_var. Stages: every ``stage{i}.out``
 (RepDistiller's ``feat[1:-1]``), one to one.
+
+Initial values as the release's ``VIDLoss`` (``distiller_zoo/VID.py:20-35``): the bias-free 1×1
+convs at PyTorch's default, uniform(±1/√C_in); ``log_scale`` the constant above.
 """
 from __future__ import annotations
 
@@ -22,9 +25,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import Distiller, LogitTerms, logit_terms, paired_stages, register
 from afd_jax.methods.pooling import match_spatial
-
-# PyTorch's default Conv2d init: kaiming_uniform(a=√5), i.e. uniform(±1/sqrt(fan_in)).
-_TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+from afd_jax.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ class VIDRegressor(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     conv = lambda name: nn.Conv(self.channels, (1, 1), use_bias=False,  # noqa: E731
-                                kernel_init=_TORCH_CONV_INIT, name=name)
+                                kernel_init=layers.torch_default_conv_init, name=name)
     x = conv("conv3")(nn.relu(conv("conv2")(nn.relu(conv("conv1")(x)))))
     alpha0 = math.log(math.expm1(self.init_var - self.eps))
     log_scale = self.param("log_scale", nn.initializers.constant(alpha0), (self.channels,),

@@ -9,9 +9,10 @@ originals.
 Families and their stages (each module docstring has the details):
 
 * ``resnet8 .. resnet110``, ``resnet8x4``, ``resnet32x4`` (`resnet.py`): 3 stages.
-* ``resnet18``, ``resnet34``, ``ResNet50`` (CIFAR stem) and ``resnet*_imagenet``
-  (`resnet.py`): 4 stages.
-* ``wrn_{depth}_{k}`` (`wide_resnet.py`): 3 stages, pre-activation features.
+* ``resnet18``, ``resnet34``, ``ResNet50``, ``resnet101`` (CIFAR stem; RepDistiller's and
+  the AFD release's ``resnetv2.py``) and ``resnet*_imagenet`` (`resnet.py`): 4 stages.
+* ``wrn_{depth}_{k}`` (`wide_resnet.py`; 16_1, 16_2, 28_1 (the AFD release's ``wrn28x1``),
+  28_2, 40_1, 40_2): 3 stages, pre-activation features.
 * ``vgg8 .. vgg19`` (`vgg.py`, all with BN): 5 stages = the conv groups, no stem.
 * ``MobileNetV2`` (`mobilenet_v2.py`, width 0.5): 4 stages as CRD's feature taps.
 * ``ShuffleV1``, ``ShuffleV2`` (`shufflenet.py`): 3 stages.
@@ -48,7 +49,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet8x4": _p(cifar_resnet, 8, wide=True),
     "resnet32x4": _p(cifar_resnet, 32, wide=True),
     **{f"wrn_{d}_{k}": _p(WideResNet, d, k)
-       for d, k in ((16, 1), (16, 2), (28, 2), (40, 1), (40, 2))},
+       for d, k in ((16, 1), (16, 2), (28, 1), (28, 2), (40, 1), (40, 2))},
     **{f"vgg{d}": _p(vgg, d) for d in (8, 11, 13, 16, 19)},
     "MobileNetV2": MobileNetV2,
     "ShuffleV1": ShuffleNetV1,
@@ -56,6 +57,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "ResNet50": _p(resnet, 50, imagenet=False),
     "resnet18": _p(resnet, 18, imagenet=False),
     "resnet34": _p(resnet, 34, imagenet=False),
+    "resnet101": _p(resnet, 101, imagenet=False),
     "resnet18_imagenet": _p(resnet, 18, imagenet=True),
     "resnet34_imagenet": _p(resnet, 34, imagenet=True),
     "resnet50_imagenet": _p(resnet, 50, imagenet=True),

@@ -38,7 +38,9 @@ Initializer = jax.nn.initializers.Initializer
 # normal_(0, sqrt(2/n)), n = k*k*C_out: a plain normal (JAX "normal" is untruncated).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's default nn.Conv2d / nn.Linear weight init (kaiming_uniform_ with a=sqrt(5)):
-# uniform with bound 1/sqrt(fan_in), fan_in = k*k*C_in/groups.
+# uniform with bound 1/sqrt(fan_in), fan_in = k*k*C_in/groups. Also right for a flax
+# ConvTranspose with transpose_kernel=True: its (kh, kw, out, in) kernel's "fan_in" is
+# out*kh*kw, which is what PyTorch counts for nn.ConvTranspose2d's (in, out, kh, kw).
 torch_default_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 dense_kernel_init = torch_default_conv_init
 # The VGG / MobileNetV2 classifiers of the zoo: weight.normal_(0, 0.01).
@@ -153,6 +155,13 @@ def _uniform(bound: float) -> jax.nn.initializers.Initializer:
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
+
+
+def torch_default_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default ``nn.Conv2d`` / ``nn.ConvTranspose2d`` / ``nn.Linear`` bias init:
+  uniform(+-1/sqrt(fan_in)), fan_in of the weight as PyTorch counts it (``in·kh·kw`` for
+  a conv, ``out·kh·kw`` for a transposed conv, ``in`` for a linear layer)."""
+  return _uniform(1.0 / math.sqrt(fan_in))
 
 
 def dense(features: int, in_features: int, *, dtype: Dtype = jnp.float32,

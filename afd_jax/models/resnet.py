@@ -1,12 +1,13 @@
-"""Post-activation ResNets: the CIFAR zoo (resnet8..110, x4), resnet18/34/50 and ImageNet.
+"""Post-activation ResNets: the CIFAR zoo (resnet8..110, x4), resnet18/34/50/101, ImageNet.
 
 One module, `ResNet`, covers three PyTorch families that share the same blocks:
 
 * CIFAR ResNets of the KD zoo (RepDistiller ``resnet.py``): 3x3 stem of ``stem_width``
   channels, 3 stages of ``n = (depth - 2) / 6`` BasicBlocks each, widths (16, 32, 64) or,
   for the "x4" models, stem 32 and widths (64, 128, 256).
-* CIFAR resnet18/34/ResNet50 (RepDistiller ``resnetv2.py``): 3x3 stem of 64 channels,
-  no max-pool, 4 stages of widths (64, 128, 256, 512).
+* CIFAR resnet18/34/ResNet50/resnet101 (RepDistiller's and the AFD release's
+  ``resnetv2.py``): 3x3 stem of 64 channels, no max-pool, 4 stages of widths
+  (64, 128, 256, 512).
 * torchvision's ImageNet resnet18/34/50: 7x7 stride-2 stem, 3x3 stride-2 max-pool, same
   4 stages; Bottleneck strides on its 3x3 conv (torchvision "v1.5").
 
@@ -17,7 +18,7 @@ Sown features (see `features.py`): ``stem`` (after ReLU; for the ImageNet stem a
 max-pool), ``stage{i}.block{j}`` (each block's output after its final ReLU),
 ``stage{i}.preact`` (the last block's residual sum before that ReLU), ``stage{i}.out``
 (= the last block's output) and ``pooled`` (B, C). Stages are the network's residual
-stages: 3 for the CIFAR zoo, 4 for resnet18/34/ResNet50 and the ImageNet models.
+stages: 3 for the CIFAR zoo, 4 for resnet18/34/ResNet50/resnet101 and the ImageNet models.
 
 The classifier input is a global average pool, which equals the zoo's fixed
 ``AvgPool2d(8)`` at 32x32 and also works at larger inputs.
@@ -168,15 +169,17 @@ _RESNET_LAYOUTS = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
 }
 
 
 def resnet(depth: int, num_classes: int, *, imagenet: bool,
            dtype: Dtype = jnp.float32) -> ResNet:
-  """ResNet-18/34/50 with a CIFAR (3x3, no max-pool) or ImageNet (7x7/2 + max-pool) stem.
+  """ResNet-18/34/50/101 with a CIFAR (3x3, no max-pool) or ImageNet (7x7/2 + max-pool)
+  stem.
 
   Args:
-    depth: 18, 34 or 50.
+    depth: 18, 34, 50 or 101.
     num_classes: classifier outputs.
     imagenet: torchvision's ImageNet stem if True, the CIFAR stem otherwise.
     dtype: computation dtype.

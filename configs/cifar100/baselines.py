@@ -7,6 +7,13 @@
         --workdir=runs/cifar100/at_resnet56_resnet20
 
 DKD's β is set per pair as mdistiller's ``configs/cifar100/dkd/*.yaml`` do.
+
+Schedule: RepDistiller's (HobbitLong/RepDistiller@b84f547 ``train_student.py`` defaults:
+SGD lr 0.05, batch 64, 240 epochs; ``helper/util.py adjust_learning_rate`` multiplies by
+0.1 for each of 150/180/210 that the 1-indexed epoch exceeds, i.e. after 150, 180, 210
+finished epochs: ``schedule.decay_epochs=(150, 180, 210)``), which mdistiller (DKD,
+ReviewKD) and SemCKD keep; each epoch ends with its partial batch of 16, as their
+``DataLoader``\ s (``data.last_batch='train'``: 782 steps per epoch).
 Published numbers per pair: `configs.pairs.PAIRS['cifar100']` (CRD Tables 1/2, DKD).
 """
 from configs import common

@@ -1,4 +1,6 @@
 """CIFAR-100 HMAT: an INTERPRETATION of the abstract (no code or full text is public).
+Schedule: the CIFAR-100 setting of `configs.common.base` (RepDistiller's rule: ×0.1 after
+150/180/210 finished epochs; 782 steps per epoch, the last partial batch trained).
 
     python -m afd_jax.main --config=configs/cifar100/hmat.py:teacher=resnet56,student=resnet20 \
         --workdir=runs/cifar100/hmat_resnet56_resnet20

@@ -5,6 +5,9 @@
 The release gives no ImageNet script; beta 50 and the schedule are a public
 reproduction's, which reached 71.68 over a 70.8 baseline (PaddleClas
 docs/zh_CN/advanced_tutorials/knowledge_distillation.md, section 1.2.4 AFD).
+Its ``Piecewise`` decay (``paddle.optimizer.lr.PiecewiseDecay`` on the 0-based iteration
+counter, boundaries at epoch × steps per epoch) lowers the lr after 30/60/90 finished
+epochs, as ``schedule.decay_epochs=(30, 60, 90)`` does here.
 """
 from configs import common
 

@@ -5,6 +5,11 @@
 
 Needs imagenet2012 prepared by TFDS (manual download; see README). Expected top-1:
 resnet34 73.31, resnet18 69.75 (CRD Table 3, torchvision's recipe).
+
+Schedule: torchvision's reference recipe (``references/classification``: SGD lr 0.1,
+wd 1e-4, ``StepLR(step_size=30)`` stepped after each epoch), i.e. ×0.1 after 30/60/90
+finished epochs; the last partial batch of each epoch is dropped here
+(``data.last_batch='drop'``: 5,004 steps of 256 instead of 5,005).
 """
 from configs import common
 
