@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from afd_jax import (methods, metric_writer, models, parallel, seeds as seeds_lib, steps,
-                     train, train_state)
+from afd_jax import (methods, metric_writer, models, multi_step, parallel,
+                     seeds as seeds_lib, steps, train, train_state)
 from afd_jax import workdir as workdir_lib
 
 
@@ -77,7 +77,8 @@ def stacked_create(members: tuple[Member, ...]):
 
 class Dispatcher:
   """``dispatcher(states, n) -> (states, metrics (n, S))``: n vmapped steps in one call
-  (`multi_step.Dispatcher` for stacked states; one program per n, states donated)."""
+  (`multi_step.Dispatcher` for stacked states; one program per n and batch size, states
+  donated; an epoch's partial last batch runs as its own program)."""
 
   def __init__(self, run: train.Run, members: tuple[Member, ...], member_nets):
     self.run, self.member_nets = run, member_nets
@@ -88,19 +89,33 @@ class Dispatcher:
         {k: jnp.asarray([m.hparams[k] for m in members], jnp.float32)
          for k in members[0].hparams}, self.rep)
     self.programs = {}
+    self.step: int | None = None  # the next global step (with partial batches)
 
-  def __call__(self, states, n: int):
-    run = self.run
-    if n not in self.programs:
-      fn = functools.partial(seeds_lib.vmapped_steps, run.nets, run.sampler, n,
-                             batch_sharding=self.sharded, member_nets=self.member_nets)
-      self.programs[n] = jax.jit(
+  def program(self, n: int, size: int):
+    if (n, size) not in self.programs:
+      fn = functools.partial(seeds_lib.vmapped_steps, self.run.nets, self.run.sampler, n,
+                             batch_sharding=self.sharded, member_nets=self.member_nets,
+                             size=size)
+      self.programs[n, size] = jax.jit(
           lambda states, data, seeds, teacher, hp: fn(states, data, seeds, teacher,
                                                       hparams=hp),
           in_shardings=(self.rep,) * 5, out_shardings=(self.rep, self.rep),
           donate_argnums=(0,))
-    return self.programs[n](states, run.train_data, self.seeds, run.teacher_vars,
-                            self.hparams)
+    return self.programs[n, size]
+
+  def __call__(self, states, n: int):
+    run, sampler = self.run, self.run.sampler
+    if self.step is None:
+      self.step = int(jax.device_get(states.step[0]))
+    sizes = [sampler.size(s) for s in range(self.step, self.step + n)]
+    self.step += n
+    out = []
+    for length, size in multi_step.pieces(sizes, n):
+      states, metrics = self.program(length, size)(states, run.train_data, self.seeds,
+                                                   run.teacher_vars, self.hparams)
+      out.append(metrics)
+    return states, (out[0] if len(out) == 1 else
+                    jax.tree.map(lambda *ms: jnp.concatenate(ms), *out))
 
 
 class _Gather:

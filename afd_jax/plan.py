@@ -368,7 +368,6 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
       groupable = (plan.vmap and nets.distiller.init_phase is None
                    and not models.is_segmentation(c.model.name)
                    and not c.model.get("init")
-                   and not device_data.trains_last_batch(c.data)
                    and device_data.choose_pipeline(c.data, dataset) == "device")
       out[run.name] = Checked(groupable=groupable)
     except PlanError:

@@ -30,7 +30,7 @@ def create_states(nets: train_state.Networks, seeds, image_size: int):
 def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler, states,
                        data: dict[str, jax.Array], seeds: jax.Array, teacher_vars,
                        batch_sharding=None, member_nets=None, hparams=None,
-                       map_members=False):
+                       map_members=False, size=None):
   """One train step of every seed on the device-resident `data`.
 
   Args:
@@ -45,13 +45,15 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
     member_nets: ``member_nets(hparams of one member) -> Networks`` with those (traced)
       values (`train_state.build_networks`' ``hparams``); None: every member is `nets`.
     hparams: ``{path: (S,) array}``, the members' values (with `member_nets`).
+    map_members: the members side by side (see `vmapped_steps`) instead of `jax.vmap`.
+    size: the step's batch size (`device_data.Sampler.size`; None: the full batch).
 
   Returns:
     the new stacked states and metrics of shape (S,).
   """
 
   def one(state, seed, hp):
-    batch = sampler.batch(data, seed, state.step)
+    batch = sampler.batch(data, seed, state.step, size)
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     member = nets if member_nets is None or not hp else member_nets(hp)
@@ -66,7 +68,8 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
 
 
 def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
-                  batch_sharding=None, member_nets=None, hparams=None, map_members=None):
+                  batch_sharding=None, member_nets=None, hparams=None, map_members=None,
+                  size=None):
   """`n` vmapped steps in one program (`multi_step.repeat`); metrics (n, S).
 
   `map_members`: the members' steps side by side in the program (unrolled: S copies of
@@ -77,7 +80,8 @@ def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
     map_members = jax.default_backend() == "cpu"
   return multi_step.repeat(
       lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars,
-                                      batch_sharding, member_nets, hparams, map_members),
+                                      batch_sharding, member_nets, hparams, map_members,
+                                      size),
       states, n)
 
 

@@ -20,12 +20,14 @@ BETAS, SEEDS = (20.0, 80.0), (0, 1)
 
 
 def _afd_config(data_dir, **overrides):
-  """AFD on digits, device path, a random-init resnet8 teacher: one epoch of 4 steps,
-  2 per dispatch, 16 eval images. lr 0.002 keeps the vmapped programs' float rounding
+  """AFD on digits, device path, a random-init resnet8 teacher: one epoch of 4 steps (the
+  last a partial batch), 2 per dispatch, 16 eval images. lr 0.002 keeps the vmapped programs' float rounding
   (1e-8) from growing past the 1e-5 compared here."""
   c = tiny_config(data_dir, **overrides)
   c.optim.lr = 0.002
-  c.data.update(dict(pipeline="device", num_eval_examples=16))
+  # 56 images at batch 16: each epoch ends with a partial batch of 8, trained.
+  c.data.update(dict(pipeline="device", num_eval_examples=16, num_train_examples=56,
+                     last_batch="train"))
   c.eval_batch_size = 16
   c.schedule.num_epochs = 1
   c.steps_per_dispatch = 2
@@ -115,10 +117,10 @@ def test_a_missing_teacher_checkpoint_names_the_run(digits_data_dir, tmp_path):
 
 
 def test_vmapped_members_equal_their_own_runs(sweep):
-  """Member (β, seed) of the stacked checkpoint == the run of that β and seed (params and
-  BN statistics to 1e-5; the momentum traces, unscaled gradient sums, 1/lr = 500 times
-  as sensitive to float rounding, to 1e-3), though the group stopped at step 2 and
-  resumed."""
+  """Member (β, seed) of the stacked checkpoint == the run of that β and seed, through an
+  epoch's partial last batch, though the group stopped at step 2 and resumed: params and
+  BN statistics to 1e-5, the momentum traces (unscaled gradient sums, 1/lr = 500 times as
+  sensitive to float rounding) as the updates they make, lr · trace, to 1e-5."""
   groups = [d for d in os.listdir(sweep["root"]) if d.startswith("vmapped_")]
   assert len(groups) == 1
   step, stacked = _state(os.path.join(sweep["root"], groups[0]))
@@ -130,8 +132,10 @@ def test_vmapped_members_equal_their_own_runs(sweep):
     mine = jax.tree.map(lambda x, k=k: x[k], stacked)
     for part in ("params", "batch_stats"):
       chex.assert_trees_all_close(mine[part], alone[part], rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(mine["opt_state"], alone["opt_state"], rtol=1e-3,
-                                atol=1e-4)
+    lr = 0.002  # the momentum traces as the updates they make: lr · trace, to 1e-5
+    chex.assert_trees_all_close(jax.tree.map(lambda t: lr * t, mine["opt_state"]),
+                                jax.tree.map(lambda t: lr * t, alone["opt_state"]),
+                                rtol=1e-5, atol=1e-5)
     member = sweep["second"]["runs"][names[k]]
     assert member["top1"] == pytest.approx(alone_result["top1"], abs=1e-3)
   # β and the seed both matter: members 0 (β 20, seed 0) and 2 (β 80, seed 0) share
@@ -234,3 +238,37 @@ def test_no_import_circle_in_the_package():
     if m not in state:
       visit(m, [m])
   assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("map_members", [False, True], ids=["vmap", "side_by_side"])
+def test_traced_lr_and_weight_decay_members_equal_runs_of_those_values(map_members):
+  """Two members whose optim.lr and optim.weight_decay are traced values, batched by
+  jax.vmap (GPUs/TPUs) or side by side (CPU): 2 steps of each equal the plain device
+  steps of a network built with those values as Python constants."""
+  import functools  # pylint: disable=g-import-not-at-top
+
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from afd_jax import multi_step, parallel, seeds, train_state  # pylint: disable=g-import-not-at-top
+  from config_loading import tiny_device_setup  # pylint: disable=g-import-not-at-top
+  nets, sampler, data = tiny_device_setup()
+  config = tiny_config(None)
+  values = {"optim.lr": [0.05, 0.2], "optim.weight_decay": [5e-4, 5e-2]}
+  build = functools.partial(train_state.build_networks, config, 10, 2)
+  states = seeds.create_states(nets, (0, 1), 32)
+  together, metrics = jax.jit(functools.partial(
+      seeds.vmapped_steps, nets, sampler, 2, member_nets=lambda hp: build(hparams=hp),
+      map_members=map_members))(states, data, jnp.array([0, 1], jnp.int32), None,
+                                hparams={k: jnp.asarray(v) for k, v in values.items()})
+  sharded = parallel.batch_sharded(parallel.make_mesh(1))
+  for k, seed in enumerate((0, 1)):
+    own = build(hparams={p: v[k] for p, v in values.items()})
+    alone = jax.jit(functools.partial(multi_step.device_steps, own, sampler, sharded, 2, 16))
+    state, m = alone(train_state.create(own, jax.random.PRNGKey(seed), image_size=32),
+                     data, jnp.int32(seed), None)
+    mine = seeds.unstack(together, k)
+    chex.assert_trees_all_close(mine.params, state.params, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(metrics["lr"][:, k], m["lr"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"][:, k], m["loss"], rtol=1e-5)
+  # The two members' values really differ in what they did.
+  assert not np.allclose(*(jax.tree.leaves(together.params)[0][k] for k in (0, 1)))
