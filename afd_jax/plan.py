@@ -275,15 +275,10 @@ def _suite_plan(suite: ml_collections.ConfigDict, sweep: dict[str, Any], paper) 
     if any((p, row) in used for p in pairs):
       row = name  # two runs of one kind in a pair: the run's own name
     used.update((p, row) for p in pairs)
-    fields = {p: v for p, v in sweep.items() if _has_field(c, p)}
-    axes = {p: parse_sweep(c, p, v) for p, v in fields.items()}
-    ref = c.teacher.get("checkpoint") or ""
-    needs = ()
-    config = c
-    if ref.startswith(TEACHER_REF):
-      needs = (ref[len(TEACHER_REF):].split("/")[0],)
-    run_seeds = [seeds[0]] if name in single else seeds
-    runs += _expand(name, config, run_seeds, axes, row, pairs, needs)
+    axes = {p: parse_sweep(c, p, v) for p, v in sweep.items() if _has_field(c, p)}
+    needs = tuple(t for t, taught in teachers.items() if name in taught)
+    runs += _expand(name, c, [seeds[0]] if name in single else seeds, axes, row, pairs,
+                    needs)
   missing = [p for p in sweep if not any(_has_field(c, p) for c in configs.values())]
   if missing:
     raise ValueError(f"--config.sweep: no run of the suite has field(s) {missing}; runs: "

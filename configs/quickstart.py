@@ -12,12 +12,14 @@ Pair: resnet20 teacher (all 1,437 training images) -> resnet8 student (CIFAR Res
 Students see only the first 500 training images, so the teacher knows more than the
 student's data shows and distillation has something to transfer; the test split has 360
 images. Schedule: cosine from lr 0.2 (the CIFAR 0.05 is too slow for 15-epoch runs),
-batch 64. Each method runs with its published defaults. AFD's heatmap is written to
+batch 64. Each method runs with its published defaults (TaT with its CIFAR weights,
+`configs/cifar100/tat.py`: its defaults are the ImageNet recipe for pretrained networks). AFD's heatmap is written to
 ``<workdir>/student_afd/links.png``.
 """
 import ml_collections
 
 from configs import common
+from configs.cifar100 import tat as cifar100_tat
 
 TEACHER, STUDENT = "resnet20", "resnet8"
 
@@ -34,6 +36,7 @@ def _run(model: str, epochs: int, num_train_examples, runlocal: bool):
 def get_config(arg=None) -> ml_collections.ConfigDict:
   """Suite config; ``methods`` is a '+'-separated list of method names."""
   a = common.parse_arg(arg, methods="kd+afd")
+  # TaT: the CIFAR weights (the defaults are its ImageNet recipe, for pretrained nets).
   return common.teacher_student_suite(
       _run(TEACHER, 8, None, a.runlocal), lambda: _run(STUDENT, 15, 500, a.runlocal),
-      TEACHER, a.methods)
+      TEACHER, a.methods, method_fields={"tat": dict(cifar100_tat.CIFAR_FIELDS)})

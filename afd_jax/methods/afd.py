@@ -55,7 +55,8 @@ __all__ = ["AFD", "AFDMetaNetwork", "Config", "afd_feature_names"]
 @dataclasses.dataclass(frozen=True)
 class Config(LogitTerms):
   """AFD's CIFAR-100 setting, from the authors' release (clovaai/attention-feature-
-  distillation, ``train.py`` arguments): CE + 0.9·KD(τ = 4) + 200·L_AFD, meta-network
+  distillation @dd990d0, ``main.py``'s argparse defaults; the loss in
+  ``utils.train_kl``): CE + 0.9·KD(τ = 4) + 200·L_AFD, meta-network
   width 128. The paper's ImageNet run uses beta 50 (`configs/imagenet/afd.py`).
 
   ``student_features`` / ``teacher_features``: explicit feature names to link instead of

@@ -2,7 +2,8 @@
 
 For each stage k: ``mean_{b,positions} (a_s − a_t)²`` with ``a = l2norm(flatten(mean_c F²))``,
 summed over stages and weighted by ``beta``. Maps of different spatial size are
-average-pooled to the smaller one (our choice).
+average-pooled to the smaller one, as the release's own ``at_loss`` does
+(RepDistiller ``distiller_zoo/AT.py``: ``adaptive_avg_pool2d`` of the larger map).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from afd_jax.methods.pooling import attention_map, match_spatial
 
 @dataclasses.dataclass(frozen=True)
 class Config(LogitTerms):
-  """AT as the CRD benchmark runs it on CIFAR-100 (RepDistiller README: ``--distill
-  attention -r 1 -a 0 -b 1000``): CE + 1000·Σ_k AT_k, p = 2.
+  """AT as the CRD benchmark runs it on CIFAR-100 (RepDistiller
+  ``scripts/run_cifar_distill.sh``: ``--distill attention -a 0 -b 1000``, ``-r`` default 1): CE + 1000·Σ_k AT_k, p = 2.
 
   ``student_stages`` / ``teacher_stages``: 1-based stages to pair (default: all, one to
   one).

@@ -26,8 +26,9 @@ from afd_jax.models import layers
 
 @dataclasses.dataclass(frozen=True)
 class Config(LogitTerms):
-  """FitNet as the CRD benchmark runs it on CIFAR-100 (RepDistiller README: ``--distill
-  hint -r 1 -a 0 -b 100``, ``--hint_layer 2``): CE + 100·MSE at the stage-2 output."""
+  """FitNet as the CRD benchmark runs it on CIFAR-100 (RepDistiller
+  ``scripts/run_cifar_distill.sh``: ``--distill hint -a 0 -b 100``; ``--hint_layer``
+  default 2, ``-r`` default 1): CE + 100·MSE at the stage-2 output."""
   beta: float = 100.0
   hint_stage: int = 2
 
