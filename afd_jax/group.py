@@ -7,8 +7,9 @@ differ from the other members'; everything else is equal. Params, optimizer stat
 BatchNorm statistics, method state and step are stacked on a leading axis S; member k is
 initialised as its own run (``train_state.create`` of its own networks, key
 ``PRNGKey(seed)``) and draws its own run's batches (the device-resident split,
-`device_data`), and its step is built with its values traced (`seeds.vmapped_steps`), so
-it computes what its own run computes (to float rounding; tested to 1e-5).
+`device_data`; members of one seed draw that batch once and share the teacher's forward
+on it), and its step is built with its values traced (`seeds.vmapped_steps`), so it
+computes what its own run computes (to float rounding; tested to 1e-5).
 
 The stacked state is one orbax checkpoint in the group's own workdir (resumes as any run,
 ``best/`` holds the best *mean* score). At eval times each member is evaluated in turn
@@ -90,12 +91,17 @@ class Dispatcher:
          for k in members[0].hparams}, self.rep)
     self.programs = {}
     self.step: int | None = None  # the next global step (with partial batches)
+    seeds = [m.config.seed for m in members]
+    # Members of one seed draw one batch: it, and the teacher's forward on it, are shared.
+    self.batch_of = (None if getattr(run.nets.distiller, "teacher_train_mode", False)
+                     or len(set(seeds)) == len(seeds)
+                     else tuple(seeds.index(s) for s in seeds))
 
   def program(self, n: int, size: int):
     if (n, size) not in self.programs:
       fn = functools.partial(seeds_lib.vmapped_steps, self.run.nets, self.run.sampler, n,
                              batch_sharding=self.sharded, member_nets=self.member_nets,
-                             size=size)
+                             size=size, batch_of=self.batch_of)
       self.programs[n, size] = jax.jit(
           lambda states, data, seeds, teacher, hp: fn(states, data, seeds, teacher,
                                                       hparams=hp),

@@ -5,8 +5,8 @@ runs are stacked on a leading axis, and so are their seeds and their traced
 hyperparameters (``{'method.beta': (S,), 'optim.lr': (S,), ...}``); each keeps its own
 initialisation, data order and augmentation (`device_data.Sampler` with that seed), so
 member ``k`` computes what its own run computes (to float rounding). Members that share a
-seed share their batches; the frozen teacher's forward pass runs once per member (inside
-the vmap).
+seed share their batches, and the frozen teacher's forward pass on a batch runs once for
+all the members that share it (``batch_of``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def create_states(nets: train_state.Networks, seeds, image_size: int):
 def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler, states,
                        data: dict[str, jax.Array], seeds: jax.Array, teacher_vars,
                        batch_sharding=None, member_nets=None, hparams=None,
-                       map_members=False, size=None):
+                       map_members=False, size=None, batch_of=None):
   """One train step of every seed on the device-resident `data`.
 
   Args:
@@ -47,29 +47,50 @@ def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler,
     hparams: ``{path: (S,) array}``, the members' values (with `member_nets`).
     map_members: the members side by side (see `vmapped_steps`) instead of `jax.vmap`.
     size: the step's batch size (`device_data.Sampler.size`; None: the full batch).
+    batch_of: static, ``batch_of[k]`` the first member with member k's seed: the batch
+      and the teacher's forward on it are computed once per distinct seed and shared
+      (the teacher in eval mode); None: each member draws its own.
 
   Returns:
     the new stacked states and metrics of shape (S,).
   """
 
-  def one(state, seed, hp):
-    batch = sampler.batch(data, seed, state.step, size)
+  def draw(seed, step):
+    batch = sampler.batch(data, seed, step, size)
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    member = nets if member_nets is None or not hp else member_nets(hp)
-    return steps.train_step(member, state, batch, teacher_vars)
+    return batch
 
+  def one(state, seed, hp, shared=None):
+    member = nets if member_nets is None or not hp else member_nets(hp)
+    if shared is None:
+      return steps.train_step(member, state, draw(seed, state.step), teacher_vars)
+    batch, teacher_out = shared
+    return steps.train_step(member, state, batch, teacher_vars, teacher_out)
+
+  hp, shared = hparams or {}, None
+  if batch_of is not None:
+    if getattr(nets.distiller, "teacher_train_mode", False):
+      raise ValueError("batch_of shares the teacher's eval-mode forward; this method "
+                       "runs its teacher in train mode")
+    firsts = sorted(set(batch_of))
+    step = states.step[0]  # a group's members are always at the same step
+    drawn = {u: draw(seeds[u], step) for u in firsts}
+    drawn = {u: (b, steps.teacher_outputs(nets, teacher_vars, b["image"]))
+             for u, b in drawn.items()}
+    shared = [drawn[u] for u in batch_of]
   if map_members:  # one member after another inside the program (see `vmapped_steps`)
-    hp = hparams or {}
-    outs = [one(unstack(states, k), seeds[k], {p: v[k] for p, v in hp.items()})
-            for k in range(len(seeds))]
+    outs = [one(unstack(states, k), seeds[k], {p: v[k] for p, v in hp.items()},
+                None if shared is None else shared[k]) for k in range(len(seeds))]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-  return jax.vmap(one)(states, seeds, hparams or {})
+  if shared is None:
+    return jax.vmap(one)(states, seeds, hp)
+  return jax.vmap(one)(states, seeds, hp, jax.tree.map(lambda *xs: jnp.stack(xs), *shared))
 
 
 def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
                   batch_sharding=None, member_nets=None, hparams=None, map_members=None,
-                  size=None):
+                  size=None, batch_of=None):
   """`n` vmapped steps in one program (`multi_step.repeat`); metrics (n, S).
 
   `map_members`: the members' steps side by side in the program (unrolled: S copies of
@@ -81,7 +102,7 @@ def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
   return multi_step.repeat(
       lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars,
                                       batch_sharding, member_nets, hparams, map_members,
-                                      size),
+                                      size, batch_of),
       states, n)
 
 

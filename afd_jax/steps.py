@@ -96,7 +96,7 @@ def method_objective(nets, state, params, s_feats, t_feats, s_logits, t_logits, 
                                      **kwargs)
 
 
-def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
+def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars, teacher_out=None
                ) -> tuple[Any, dict[str, jax.Array]]:
   """One SGD step on the method's whole objective.
 
@@ -105,6 +105,9 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
     state: the `train_state.TrainState` (replicated).
     batch: ``{'image': (B, H, W, 3), 'label': (B,)[, 'index': (B,)]}``, sharded along B.
     teacher_vars: the frozen teacher's ``{'params', 'batch_stats'}`` (or None).
+    teacher_out: the teacher's ``(logits, selected features)`` on this batch, already
+      computed (`teacher_outputs` in eval mode; a vmapped group's members that share a
+      batch share it), or None: computed here.
 
   Returns:
     the new state and float32 scalar metrics (loss, its terms, lr, top1).
@@ -112,8 +115,8 @@ def train_step(nets, state, batch: dict[str, jax.Array], teacher_vars
   images, labels = batch["image"], batch["label"]
   step_rng = jax.random.fold_in(state.rng, state.step)
   rngs = {"dropout": step_rng}
-  t_logits, t_feats = teacher_outputs(nets, teacher_vars, images,
-                                      rng=jax.random.fold_in(step_rng, 1))
+  t_logits, t_feats = teacher_out if teacher_out is not None else teacher_outputs(
+      nets, teacher_vars, images, rng=jax.random.fold_in(step_rng, 1))
   # The init phase of FT trains only the method: the student runs in eval mode there.
   student_train = nets.phase != "init" or nets.distiller.init_phase.train_student
 
