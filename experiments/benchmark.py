@@ -221,8 +221,11 @@ def sweep_rows(teacher: str, student: str, method: str, args, images, labels) ->
   one = multi_step.Dispatcher(nets, mesh, teacher_vars, sampler=sampler, data=data)
   compile_1, step_1 = timed(lambda s: one(s, k), create(jax.random.PRNGKey(0)),
                             args.steps, k)
+  member_seeds = [i % 2 for i in range(n)]  # as `group` runs them: one batch and teacher
+  batch_of = tuple(member_seeds.index(s) for s in member_seeds)  # forward per seed
   program = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, k,
-                                      member_nets=lambda hp: build(hparams=hp)),
+                                      member_nets=lambda hp: build(hparams=hp),
+                                      batch_of=batch_of if n > 2 else None),
                     donate_argnums=(0,))
   compile_n, step_n = timed(
       lambda s: program(s, data, ids, teacher_vars, hparams=hparams),

@@ -165,6 +165,9 @@ def _last_line(err):
     (["--config=configs/cifar100/teacher.py:model=resnet8,runlocal",
       "--config.optim.lr=fast"],
      "error: flag --config.optim.lr=fast: could not convert string to float"),
+    (["--config=configs/cifar100/afd.py:runlocal", "--config.sweep.method.bta=1,2",
+      "--config.seeds=0,1"],
+     "error: method 'afd' has no field(s) ['bta']"),
 ])
 def test_flag_mistakes_are_one_error_line(args, message, tmp_path):
   out = _cli([*args, f"--workdir={tmp_path / 'run'}"])
