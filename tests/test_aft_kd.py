@@ -65,9 +65,13 @@ def test_afb_loss_value_and_gradient():
   want = np_afb(*map(np.float64, (s, proj, t)), 0.7)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5)
-  gs, gp = jax.grad(lambda a, b: aft_kd.afb_loss(a, b, t, 0.7)[0], argnums=(0, 1))(s, proj)
-  fd_check(lambda x: np_afb(x, np.float64(proj), np.float64(t), 0.7)[0], gs, s, seed=1)
-  fd_check(lambda x: np_afb(np.float64(s), x, np.float64(t), 0.7)[0], gp, proj, seed=2)
+  s, proj, t = map(np.float64, (s, proj, t))
+  with jax.enable_x64(True):  # float64 gradients, checked at every coordinate to 1e-6
+    gs, gp = jax.tree.map(np.asarray, jax.grad(
+        lambda a, b: aft_kd.afb_loss(a, b, t, 0.7)[0], argnums=(0, 1))(s, proj))
+  assert gs.dtype == gp.dtype == np.float64
+  fd_check(lambda x: np_afb(x, proj, t, 0.7)[0], gs, s)
+  fd_check(lambda x: np_afb(s, x, t, 0.7)[0], gp, proj)
 
 
 @pytest.mark.parametrize("average", ["mean", "ema"])

@@ -9,9 +9,9 @@ loop (test_two_stage_train.py), resume, multi-device and the AFD link hook (test
 test_reliability.py)."""
 import functools
 import os
-import subprocess
 import sys
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -78,7 +78,10 @@ def test_distill_config_builds_for_every_cifar_pair(rel):
     assert config.teacher.checkpoint == f"runs/cifar100/{pair.teacher}"
     assert config.data.name == "cifar100" and config.batch_size == 64
     assert config.schedule.num_epochs == 240
-    assert tuple(config.schedule.decay_epochs) == (150, 180, 210)
+    # The AFD release decays at the start of 1-indexed epochs 150/180/210 (after 149,
+    # 179, 209 finished), RepDistiller after 150, 180, 210 (tests/test_schedules.py).
+    assert tuple(config.schedule.decay_epochs) == (
+        (149, 179, 209) if rel == "cifar100/afd.py" else (150, 180, 210))
     assert config.optim.lr == (0.01 if pair.student in ("MobileNetV2", "ShuffleV1",
                                                         "ShuffleV2") else 0.05)
     try:
@@ -97,7 +100,8 @@ def test_distill_config_builds_for_every_cifar_pair(rel):
 @pytest.mark.parametrize("rel", ["imagenet/afd.py", "imagenet/tat.py"])
 def test_imagenet_configs_build(rel):
   config = load(rel)
-  assert config.data.name == "imagenet2012" and config.batch_size == 256
+  assert config.data.name == "imagenet2012"
+  assert config.batch_size == (2048 if rel == "imagenet/tat.py" else 256)  # TaT: 8 × 256
   assert tuple(config.schedule.decay_epochs) == (30, 60, 90)
   _check_method_builds(config, _build(config))
 
@@ -137,7 +141,8 @@ def test_method_defaults_are_the_published_ones():
   at = methods.resolve(load("cifar100/baselines.py", "method=at").method)
   assert (at.beta, at.ce_weight, at.kd_weight) == (1000.0, 1.0, 0.0)
   tat = methods.resolve(load("imagenet/tat.py").method)
-  assert (tat.ce_weight, tat.kd_weight, tat.temperature, tat.weight) == (0.5, 0.5, 1.0, 0.1)
+  # TaT's train_local.sh recipe: 0.1·CE + 0.2·L_TaT, no KD.
+  assert (tat.ce_weight, tat.kd_weight, tat.weight) == (0.1, 0.0, 0.2)
   assert methods.resolve(load("cifar100/hmat.py").method).position_weight == 30.0
   assert methods.resolve(load("cifar100/hmat.py", "teacher=resnet56,student=resnet20")
                          .method).position_weight == 1.0
@@ -190,12 +195,22 @@ def test_every_method_field_is_overridable_though_the_file_did_not_write_it():
   assert methods.resolve(suite.runs.student_afd.method).beta == 5.0
 
 
-def test_command_line_end_to_end():
-  """`--config.method.*` flags through the real entry point (`--print_config`)."""
-  out = subprocess.run(
-      [sys.executable, "-m", "afd_jax.main", "--config=configs/imagenet/afd.py",
-       "--config.method.name=at", "--config.method.p=3", "--config.optim.lr=0.2",
-       "--print_config"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def test_command_line_end_to_end(capsys, monkeypatch):
+  """`--config.method.*` flags through the entry point's own flag parsing and `main.main`
+  (`--print_config`), in this process: what `python -m afd_jax.main` runs."""
+  monkeypatch.chdir(ROOT)
+  # parse_flags rewrites sys.argv and prepends the repository to sys.path.
+  monkeypatch.setattr(sys, "argv", list(sys.argv))
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  monkeypatch.setattr(main, "_METHOD_OVERRIDES", [])
+  argv = main.parse_flags([
+      "afd_jax/main.py", "--config=configs/imagenet/afd.py", "--config.method.name=at",
+      "--config.method.p=3", "--config.optim.lr=0.2", "--print_config"])
+  try:
+    main.main(argv)
+  finally:
+    flags.FLAGS.unparse_flags()  # the next parse starts from the defaults again
+  out = capsys.readouterr().out
   method = ml_collections.ConfigDict(eval(out.split("RESOLVED_METHOD ")[1].strip()))
   assert methods.resolve(method).p == 3.0 and methods.resolve(method).beta == 1000.0
   assert "lr: 0.2" in out

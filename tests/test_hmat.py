@@ -13,12 +13,17 @@ from afd_jax.methods import hmat
 from numpy_reference import fd_check, np_ce, np_kd, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
+# Each program runs once or twice on tiny inputs (tests/conftest.py).
+pytestmark = pytest.mark.fast_compile
+
 # ---- independent NumPy reference ------------------------------------------------------
 
 
 def np_adaptive_pool(x, oh, ow):
-  """PyTorch's adaptive_avg_pool2d bins, cell by cell."""
+  """PyTorch's adaptive_avg_pool2d bins, cell by cell (to the same size: the identity)."""
   b, h, w, c = x.shape
+  if (h, w) == (oh, ow):
+    return x
   out = np.zeros((b, oh, ow, c))
   for i in range(oh):
     h0, h1 = (i * h) // oh, -(-((i + 1) * h) // oh)
@@ -108,21 +113,29 @@ def test_attention_distance_value_and_gradient(kind):
   ls, lt = rand(rng, 3, 6, 6), rand(rng, 3, 6, 6)
   np.testing.assert_allclose(hmat.attention_distance(ls, lt, kind),
                              np_distance(np.float64(ls), np.float64(lt), kind), rtol=1e-5)
-  grad = jax.grad(lambda x: hmat.attention_distance(x, lt, kind))(ls)
-  fd_check(lambda x: np_distance(x, np.float64(lt), kind), grad, ls, atol=1e-8)
+  with jax.enable_x64(True):  # float64 gradient, checked at every coordinate to 1e-6
+    grad = np.asarray(jax.grad(lambda x: hmat.attention_distance(x, np.float64(lt), kind))(
+        np.float64(ls)))
+  assert grad.dtype == np.float64
+  fd_check(lambda x: np_distance(x, np.float64(lt), kind), grad, ls)
   # KL(teacher ‖ student) is zero only on identical rows.
   np.testing.assert_allclose(hmat.attention_distance(lt, lt, kind), 0.0, atol=1e-6)
 
 
 def test_position_and_activation_losses_gradient_through_features():
   rng = np.random.RandomState(3)
-  s, t = rand(rng, 2, 9, 9, 3), np.abs(rand(rng, 2, 9, 9, 4))
-  loss = lambda x: (hmat.attention_distance(  # noqa: E731
+  # 6×6 -> 4×4: PyTorch's overlapping bins ([0, 2), [1, 3), [3, 5), [4, 6)), of 2 cells so
+  # that the bin weights (float32 constants in afd_jax's pooling) are exact in float64.
+  s, t = rand(rng, 2, 6, 6, 3), np.abs(rand(rng, 2, 6, 6, 4))
+  loss = lambda x, t: (hmat.attention_distance(  # noqa: E731
       hmat.position_logits(x, 4), hmat.position_logits(t, 4)) + hmat.activation_loss(x, t))
-  grad = jax.grad(loss)(s)
   ref = lambda x: (np_distance(np_pos_logits(x, 4), np_pos_logits(np.float64(t), 4), "kl")
                    + np_act(x, np.float64(t)))
-  np.testing.assert_allclose(loss(s), ref(np.float64(s)), rtol=1e-5)
+  np.testing.assert_allclose(loss(s, t), ref(np.float64(s)), rtol=1e-5)
+  # All 216 coordinates: every position of every bin.
+  with jax.enable_x64(True):
+    grad = np.asarray(jax.grad(loss)(np.float64(s), np.float64(t)))
+  assert grad.dtype == np.float64
   fd_check(ref, grad, s)
 
 
@@ -162,13 +175,17 @@ def apply_loss(d, variables, batch):
          temperature=2.0, position_weight=3.0, activation_weight=10.0, channel_weight=7.0),
 ])
 def test_module_value_and_gradient(fields):
-  d, variables, batch = make(fields)
+  # 11×11 -> 8×8 position pooling: PyTorch's bins of 2 and 3 cells, overlapping. The
+  # gradients are float32 (the module computes its losses in float32), checked at every
+  # coordinate of every level.
+  d, variables, batch = make(fields, ((2, 11, 11, 3), (2, 4, 4, 4), (2, 4, 4, 5)),
+                             ((2, 11, 11, 5), (2, 8, 8, 6), (2, 4, 4, 7)))
   s_feats, t_feats, sl, tl, y = batch
   (loss, metrics), grad = jax.jit(jax.value_and_grad(
       lambda s: apply_loss(d, variables, (s, t_feats, sl, tl, y)), has_aux=True))(s_feats)
-  p = f64(variables["params"])
+  p, t64 = f64(variables["params"]), f64(t_feats)
   kinds = (fields.get("position_distance", "kl"), fields.get("channel_distance", "kl"))
-  ref = lambda s: np_hmat(p, s, f64(t_feats), 8, *kinds)  # noqa: E731
+  ref = lambda s: np_hmat(p, s, t64, 8, *kinds)  # noqa: E731
   terms = ref(f64(s_feats))
   for name, value in terms.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-4, atol=1e-9, err_msg=name)
@@ -180,12 +197,9 @@ def test_module_value_and_gradient(fields):
                                                             w["temperature"])
           + weighted(terms))
   np.testing.assert_allclose(loss, want, rtol=1e-4)
+  s64 = f64(s_feats)
   for k in range(3):
-    def f(x, k=k):
-      s = list(f64(s_feats))
-      s[k] = x
-      return weighted(ref(s))
-    fd_check(f, grad[k], s_feats[k], seed=k, atol=1e-7)
+    fd_check(lambda x, k=k: weighted(ref(s64[:k] + [x] + s64[k + 1:])), grad[k], s_feats[k])
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

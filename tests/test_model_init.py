@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 
 from afd_jax import models
+from afd_jax.models.resnet import Bottleneck, ResNet
 
 
 @functools.lru_cache(maxsize=None)
 def _params(name, **kwargs):
-  """Initial params of ``name`` (a zoo name, or a model class of `models` with kwargs)."""
-  model = models.get_model(name, 100) if not kwargs else getattr(models, name)(100, **kwargs)
+  """Initial params of ``name`` (a zoo name, or a model class of `models` or ``ResNet``
+  with its fields as kwargs, num_classes 100)."""
+  cls = ResNet if name == "ResNet" else getattr(models, name, None)
+  model = models.get_model(name, 100) if not kwargs else cls(num_classes=100, **kwargs)
   # The 'rbg' key compiles several times faster than threefry on CPU; the initialisers'
   # distributions do not depend on the generator.
   init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False)["params"])
@@ -46,13 +49,20 @@ FAN_OUT_CONVS = [
     ("wrn_16_2", ("stage2_block1", "conv1"), (3, 3, 32, 64)),  # WRNs
     ("vgg8", ("stage3_conv1",), (3, 3, 128, 256)),  # VGG
     ("MobileNetV2", ("conv_head",), (1, 1, 160, 1280)),  # MobileNetV2
+    ("resnet18", ("stage2_block1", "conv1"), (3, 3, 64, 128)),  # RepDistiller resnetv2
+    # ResNet50's Bottleneck, in a ResNet of one block per stage (faster to compile).
+    ("ResNet", ("stage2_block1", "conv3"), (1, 1, 128, 512)),
     ("resnet18_imagenet", ("stage2_block1", "conv1"), (3, 3, 64, 128)),  # torchvision
 ]
 
 
+SMALL_KWARGS = {"ResNet": dict(block_cls=Bottleneck, stage_sizes=(1, 1, 1, 1),
+                               widths=(64, 128, 256, 512), stem_width=64)}
+
+
 @pytest.mark.parametrize("name,path,shape", FAN_OUT_CONVS, ids=[c[0] for c in FAN_OUT_CONVS])
 def test_convs_are_kaiming_normal_fan_out(name, path, shape):
-  kernel = _params(name)
+  kernel = _params(name, **SMALL_KWARGS.get(name, {}))
   for key in path + ("kernel",):
     kernel = kernel[key]
   assert kernel.shape == shape
@@ -88,11 +98,20 @@ def test_vgg_conv_biases_are_zero():
 
 
 def test_shufflenet_convs_keep_pytorch_default_init():
+  """uniform(+-1/sqrt(fan_in)), checked on convs whose fan-out differs, so that a fan-out
+  bound (PyTorch counts fan_out = C_out·k·k, groups or not) would fail `_assert_uniform`
+  (too wide a bound exceeds it, too narrow a one never fills it)."""
   # Fewer blocks per stage than the zoo's (4, 8, 4): same modules, faster to compile.
   p = _params("ShuffleNetV1", stage_sizes=(1, 2, 1))
-  # Grouped 1x1 conv: 480 inputs in 3 groups -> fan_in 160.
+  # Grouped 1x1 conv: 480 inputs in 3 groups -> fan_in 160; fan_out 120.
+  assert p["stage2_block2"]["conv1"]["kernel"].shape == (1, 1, 160, 120)
   _assert_uniform(p["stage2_block2"]["conv1"]["kernel"], 1 / np.sqrt(160))
-  # Depthwise 3x3: fan_in 9.
+  # Depthwise 3x3: fan_in 9; fan_out 9·120.
+  assert p["stage2_block2"]["conv2"]["kernel"].shape == (3, 3, 1, 120)
   _assert_uniform(p["stage2_block2"]["conv2"]["kernel"], 1 / 3)
   p = _params("ShuffleNetV2", stage_sizes=(1, 1, 1))
-  _assert_uniform(p["stage2_block2"]["conv1"]["kernel"], 1 / np.sqrt(116))
+  # The downsampling unit's 1x1 branch conv: 24 -> 58 channels.
+  assert p["stage1_block1"]["conv2"]["kernel"].shape == (1, 1, 24, 58)
+  _assert_uniform(p["stage1_block1"]["conv2"]["kernel"], 1 / np.sqrt(24))
+  assert p["stage2_block2"]["conv2"]["kernel"].shape == (3, 3, 1, 116)  # depthwise
+  _assert_uniform(p["stage2_block2"]["conv2"]["kernel"], 1 / 3)

@@ -13,8 +13,12 @@ import pytest
 from afd_jax.models import MODEL_NAMES, feature_list, get_model, is_segmentation
 from afd_jax.models.shufflenet import channel_shuffle
 
+# Each program runs once or twice on tiny inputs (tests/conftest.py).
+pytestmark = pytest.mark.fast_compile
+
 # Parameter counts (params collection: weights, biases, BN scale/bias) of the PyTorch
-# originals: RepDistiller's zoo with 100 classes, torchvision's ResNets with 1000.
+# originals: RepDistiller's zoo with 100 classes, torchvision's ResNets with 1000
+# (wrn_28_1, resnet101: counted on tests/torch_models.py, which gives the others exactly).
 PYTORCH_PARAM_COUNTS = {
     "resnet20": (100, 278_324),
     "resnet56": (100, 861_620),
@@ -22,6 +26,7 @@ PYTORCH_PARAM_COUNTS = {
     "resnet8x4": (100, 1_233_540),
     "resnet32x4": (100, 7_433_860),
     "wrn_16_2": (100, 703_284),
+    "wrn_28_1": (100, 375_348),
     "wrn_28_2": (100, 1_479_220),
     "wrn_40_2": (100, 2_255_156),
     "vgg8": (100, 3_965_028),
@@ -32,6 +37,7 @@ PYTORCH_PARAM_COUNTS = {
     "ResNet50": (100, 23_705_252),
     "resnet18": (100, 11_220_132),
     "resnet34": (100, 21_328_292),
+    "resnet101": (100, 42_697_380),
     "resnet18_imagenet": (1000, 11_689_512),
     "resnet34_imagenet": (1000, 21_797_672),
     "resnet50_imagenet": (1000, 25_557_032),
@@ -40,7 +46,7 @@ PYTORCH_PARAM_COUNTS = {
 # Blocks per stage, whether a stem is sown, and whether the net is pre-activation (WRN).
 _CIFAR_RESNET = {f"resnet{d}": ((d - 2) // 6,) * 3 for d in (8, 14, 20, 32, 44, 56, 110)}
 _WRN = {f"wrn_{d}_{k}": ((d - 4) // 6,) * 3
-        for d, k in ((16, 1), (16, 2), (28, 2), (40, 1), (40, 2))}
+        for d, k in ((16, 1), (16, 2), (28, 1), (28, 2), (40, 1), (40, 2))}
 _VGG = {"vgg8": (1, 1, 1, 1, 1), "vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2),
         "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 BLOCKS_PER_STAGE = {
@@ -48,6 +54,7 @@ BLOCKS_PER_STAGE = {
     "resnet8x4": (1, 1, 1), "resnet32x4": (5, 5, 5),
     "MobileNetV2": (3, 3, 7, 4), "ShuffleV1": (4, 8, 4), "ShuffleV2": (4, 8, 4),
     "ResNet50": (3, 4, 6, 3), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
     "resnet18_imagenet": (2, 2, 2, 2), "resnet34_imagenet": (3, 4, 6, 3),
     "resnet50_imagenet": (3, 4, 6, 3),
 }
@@ -103,7 +110,7 @@ def _param_count(params):
 
 def test_registry_covers_requested_names():
   assert set(CLASSIFIER_NAMES) == set(BLOCKS_PER_STAGE)
-  assert len(CLASSIFIER_NAMES) == 28
+  assert len(CLASSIFIER_NAMES) == 30
 
 
 @pytest.mark.parametrize("name", sorted(PYTORCH_PARAM_COUNTS))
@@ -240,9 +247,11 @@ def test_resnet8_forward_train_and_eval(resnet8):
 
 def test_resnet8_init_matches_pytorch_schemes(resnet8):
   params = resnet8[2]["params"]
-  kernel = params["stage3_block1"]["conv2"]["kernel"]  # (3, 3, 64, 64)
-  # Kaiming normal, fan_out = 3 * 3 * 64.
-  np.testing.assert_allclose(np.std(kernel), np.sqrt(2.0 / (9 * 64)), rtol=0.05)
+  # Kaiming normal, fan_out = 3 * 3 * 32, on a conv whose fan_in (3 * 3 * 16) differs: a
+  # fan-in init would be sqrt(2) too wide.
+  kernel = params["stage2_block1"]["conv1"]["kernel"]
+  assert kernel.shape == (3, 3, 16, 32)
+  np.testing.assert_allclose(np.std(kernel), np.sqrt(2.0 / (9 * 32)), rtol=0.05)
   bound = 1.0 / np.sqrt(64)  # nn.Linear default: uniform(+-1/sqrt(fan_in)).
   assert np.abs(params["fc"]["kernel"]).max() <= bound
   assert np.abs(params["fc"]["bias"]).max() <= bound

@@ -1,9 +1,10 @@
 """PyTorch interop: afd_jax models equal the PyTorch originals, checkpoints round-trip.
 
 The PyTorch side is `tests/torch_models.py` (the tests' own definitions with the zoos'
-state_dict keys). Random weights and random BatchNorm running statistics; eval mode.
+state_dict keys). Every classifier of the zoo, at every depth, gives the logits and the
+sown features of its PyTorch definition on random weights and random BatchNorm running
+statistics (eval mode), so an import and an export that err alike cannot hide a mistake.
 """
-import os
 
 import jax
 import numpy as np
@@ -15,12 +16,15 @@ from afd_jax import checkpointing, models
 from afd_jax.interop import torch as interop
 import torch_models
 
-# One model per family (CIFAR ResNet, WRN, VGG, MobileNetV2, ShuffleV1/V2, CIFAR ResNet50,
-# CIFAR resnet18, torchvision ResNets). torchvision's Bottleneck keys are covered by the
-# layout test of every model below; its numerics equal ResNet50's blocks.
-FAMILY_MODELS = ("resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2",
-                 "ResNet50", "resnet18", "resnet18_imagenet")
+# Each program runs once or twice on tiny inputs (tests/conftest.py).
+pytestmark = pytest.mark.fast_compile
+
+# Every image classifier of the zoo, each against its PyTorch definition (the segmentation
+# models: test_deeplab.py).
+CLASSIFIERS = tuple(n for n in models.MODEL_NAMES if not models.is_segmentation(n))
 NUM_CLASSES = 10
+# Batch-2 forwards of small models: more threads only contend with the other xdist worker.
+torch.set_num_threads(1)
 
 
 def random_torch_model(name, seed=0, **kwargs):
@@ -77,7 +81,7 @@ def numpy_state(model):
   return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_eval_logits_and_features_equal_pytorch(name):
   tmodel = random_torch_model(name)
   x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -110,8 +114,7 @@ def test_eval_logits_and_features_equal_pytorch(name):
 
 # The segmentation models' layouts are checked against tests/torch_deeplab.py in
 # test_deeplab.py.
-@pytest.mark.parametrize("name", [n for n in models.MODEL_NAMES
-                                  if not models.is_segmentation(n)])
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_model_has_the_original_layout_and_round_trips(name):
   abstract = interop.abstract_variables(name, NUM_CLASSES)
   # Distinct values in every leaf (exact in float32 below 2^24), so any transpose shows.
@@ -196,10 +199,6 @@ def test_import_then_export_files(tmp_path):
       np.testing.assert_array_equal(fresh.state_dict()[k].numpy(), v.numpy())
 
 
-def test_package_imports_torch_only_in_the_importer():
-  import subprocess
-  import sys
-  code = ("import sys, afd_jax.models, afd_jax.methods, afd_jax.checkpointing, "
-          "afd_jax.interop; assert 'torch' not in sys.modules")
-  subprocess.run([sys.executable, "-c", code], check=True,
-                 cwd=os.path.dirname(os.path.dirname(__file__)))
+# That the package imports torch only inside the .pth readers and writers is checked in a
+# fresh interpreter with torch blocked, together with the benchmark run there
+# (test_speed.py::test_training_and_the_benchmark_need_neither_tensorflow_nor_torch).

@@ -124,7 +124,10 @@ def cifar_resnet(depth, num_classes, wide=False):
   return ResNet(Basic, (n, n, n), widths, stem, num_classes)
 
 
-_LAYOUTS = {18: (Basic, (2, 2, 2, 2)), 34: (Basic, (3, 4, 6, 3)), 50: (Bottle, (3, 4, 6, 3))}
+_LAYOUTS = {18: (Basic, (2, 2, 2, 2)), 34: (Basic, (3, 4, 6, 3)), 50: (Bottle, (3, 4, 6, 3)),
+            101: (Bottle, (3, 4, 23, 3))}
+# RepDistiller resnetv2.py's CIFAR-stem ResNets by zoo name.
+RESNETV2_DEPTHS = {"resnet18": 18, "resnet34": 34, "ResNet50": 50, "resnet101": 101}
 
 
 def resnetv2(depth, num_classes):
@@ -397,8 +400,8 @@ def build(name: str, num_classes: int, **kwargs) -> Tapped:
   """The PyTorch model of afd_jax's zoo name `name`."""
   if name.endswith("_imagenet"):
     return torchvision_resnet(int(name[len("resnet"):-len("_imagenet")]), num_classes)
-  if name in ("resnet18", "resnet34", "ResNet50"):
-    return resnetv2(int(name[-2:]), num_classes)
+  if name in RESNETV2_DEPTHS:
+    return resnetv2(RESNETV2_DEPTHS[name], num_classes)
   if name in ("resnet8x4", "resnet32x4"):
     return cifar_resnet(int(name[len("resnet"):-2]), num_classes, wide=True)
   if name.startswith("resnet"):
