@@ -348,6 +348,9 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
       key = json.dumps(c.data.to_dict(), sort_keys=True, default=str)
       datasets[key] = dataset = train.open_dataset(c, datasets.get(key))
       c.data.image_size = dataset.info.image_size
+      # The pipeline 'auto' resolves to, as the run's workdir records it (`train.claim`):
+      # so that a finished run's recorded config compares equal.
+      run.config.data.pipeline = device_data.choose_pipeline(c.data, dataset)
       _check_teacher(run, c, names, workdir)
       if not any(run.needs):  # (a plan run's teacher is checked when it is trained)
         validation.check_run(c, dataset)

@@ -216,7 +216,10 @@ def test_mobilenet_train_mode_running_stats_follow_extract_feature_and_forward()
   for k in ("stage1.out", "stage2.out", "stage3.out", "stage4.out", "aspp"):
     want = nhwc(t_feats[torch_deeplab.FEATURE_NAMES.index(k)])
     scale = max(1.0, float(np.max(np.abs(want))))
-    np.testing.assert_allclose(feats[k], want, rtol=0, atol=1e-4 * scale, err_msg=k)
+    # Train-mode BN over this batch of 2 amplifies rounding: torch's own ASPP output moves
+    # by 4.8e-4 (of 1.2) between 1 and 2 CPU threads. The backbone stays at 1e-4.
+    tol = 2e-3 if k == "aspp" else 1e-4
+    np.testing.assert_allclose(feats[k], want, rtol=0, atol=tol * scale, err_msg=k)
 
   tapped = "backbone.features.4.conv.1.running_mean"
   assert not np.allclose(t_extract[tapped], t_forward[tapped], atol=1e-4)  # twice vs once
