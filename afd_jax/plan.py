@@ -41,7 +41,6 @@ import os
 import time
 from typing import Any, Callable
 
-from absl import logging
 import ml_collections
 import numpy as np
 

@@ -31,8 +31,10 @@ A config has these sections (every field can be overridden on the command line, 
   ``schedule.num_epochs``), ``steps_per_dispatch`` (train steps per compiled call,
   `afd_jax.multi_step`; logging, evals and checkpoints still land on exact steps),
   ``seeds`` (None: the one run of ``seed``; a tuple, ``--config.seeds=0,1,2``: one run
-  per seed and a mean ± std table, `afd_jax.seed_runs`) and ``vmap_seeds`` (True: all
-  seeds vmapped in one program on the device pipeline; False: one after another).
+  per seed and a mean ± std table, an `afd_jax.plan` axis, as are the command line's
+  ``--config.sweep.<field>=v1,v2``) and ``vmap_seeds`` (True: runs that differ only in
+  seed or numeric hyperparameters train as one vmapped program on the device pipeline,
+  `afd_jax.group`; False: one after another).
 
 Every config file accepts ``runlocal`` in its argument: the same models and method on a
 few `digits` images for two steps, offline, with a random-init teacher (seconds on a CPU).
@@ -325,7 +327,7 @@ def teacher_student_suite(teacher_run: ml_collections.ConfigDict,
                           teacher: str, methods: str,
                           method_fields: dict[str, dict] | None = None
                           ) -> ml_collections.ConfigDict:
-  """A suite (`afd_jax.suite`): the teacher, the student alone, then one student per
+  """A suite (a plan, `afd_jax.plan`): the teacher, the student alone, then one student per
   method distilled from that teacher (trained first, in ``<workdir>/teacher``).
 
   Args:

