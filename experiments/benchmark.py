@@ -157,16 +157,6 @@ def step_time_rows(teacher: str, student: str, names, args, images, labels) -> l
   return rows
 
 
-def step_time_markdown(rows) -> str:
-  lines = ["| pair | method | ms/step (min) | median | × KD step | images/s | compile s |",
-           "|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['pair']} | {r['method']} | {r['ms_per_step']:.1f} | "
-                 f"{r['median_ms']:.1f} | {r['vs_kd']:.2f} | {r['images_per_s']:.0f} | "
-                 f"{r['compile_s']:.1f} |")
-  return "\n".join(lines)
-
-
 def bench_method(teacher: str, student: str, method: str, args, images, labels) -> list:
   """Rows of modes (a), (b) for each k and (c) for one pair and method."""
   nets, mesh, create, teacher_vars, sampler, data = setup(teacher, student, method, args,
@@ -242,26 +232,6 @@ def sweep_rows(teacher: str, student: str, method: str, args, images, labels) ->
   return rows
 
 
-def sweep_markdown(rows) -> str:
-  lines = ["| pair | method | swept | members | k | ms/step | images/s | × one run's time "
-           "| compile s |", "|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['pair']} | {r['method']} | {r['field']} | {r['members']} | {r['k']} "
-                 f"| {r['ms_per_step']:.1f} | {r['images_per_s']:.0f} | "
-                 f"{r['time_vs_one']:.2f} | {r['compile_s']:.1f} |")
-  return "\n".join(lines)
-
-
-def markdown(rows) -> str:
-  lines = ["| pair | method | mode | k | feed | images/s | × (a) | compile s | "
-           "240 epochs (h) |", "|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['pair']} | {r['method']} | {r['mode']} | {r['k']} | {r['feed']} | "
-                 f"{r['images_per_s']:.0f} | {r['vs_a']:.2f} | {r['compile_s']:.1f} | "
-                 f"{r['projected_h']:.1f} |")
-  return "\n".join(lines)
-
-
 def _peak_bytes(compiled) -> float:
   """Peak device memory of a compiled program from XLA's memory analysis (nan if none)."""
   m = compiled.memory_analysis()
@@ -326,14 +296,53 @@ def segmentation_rows(args) -> list:
   return rows
 
 
-def segmentation_markdown(rows) -> str:
-  lines = ["| pair | method | crop | batch | ms/step (min) | median | × plain student | "
-           "peak GiB | compile s |", "|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['pair']} | {r['method']} | {r['crop']} | {r['batch']} | "
-                 f"{r['ms_per_step']:.1f} | {r['median_ms']:.1f} | {r['vs_plain']:.2f} | "
-                 f"{r['peak_gib']:.2f} | {r['compile_s']:.1f} |")
+def _table(rows, columns) -> str:
+  """A Markdown table of `rows`: ``columns`` is ``[(header, row -> cell text), ...]``."""
+  lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+           "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
   return "\n".join(lines)
+
+
+def step_time_markdown(rows) -> str:
+  return _table(rows, [
+      ("pair", lambda r: r["pair"]), ("method", lambda r: r["method"]),
+      ("ms/step (min)", lambda r: f"{r['ms_per_step']:.1f}"),
+      ("median", lambda r: f"{r['median_ms']:.1f}"),
+      ("× KD step", lambda r: f"{r['vs_kd']:.2f}"),
+      ("images/s", lambda r: f"{r['images_per_s']:.0f}"),
+      ("compile s", lambda r: f"{r['compile_s']:.1f}")])
+
+
+def sweep_markdown(rows) -> str:
+  return _table(rows, [
+      ("pair", lambda r: r["pair"]), ("method", lambda r: r["method"]),
+      ("swept", lambda r: r["field"]), ("members", lambda r: str(r["members"])),
+      ("k", lambda r: str(r["k"])), ("ms/step", lambda r: f"{r['ms_per_step']:.1f}"),
+      ("images/s", lambda r: f"{r['images_per_s']:.0f}"),
+      ("× one run's time", lambda r: f"{r['time_vs_one']:.2f}"),
+      ("compile s", lambda r: f"{r['compile_s']:.1f}")])
+
+
+def markdown(rows) -> str:
+  return _table(rows, [
+      ("pair", lambda r: r["pair"]), ("method", lambda r: r["method"]),
+      ("mode", lambda r: r["mode"]), ("k", lambda r: str(r["k"])),
+      ("feed", lambda r: r["feed"]), ("images/s", lambda r: f"{r['images_per_s']:.0f}"),
+      ("× (a)", lambda r: f"{r['vs_a']:.2f}"),
+      ("compile s", lambda r: f"{r['compile_s']:.1f}"),
+      ("240 epochs (h)", lambda r: f"{r['projected_h']:.1f}")])
+
+
+def segmentation_markdown(rows) -> str:
+  return _table(rows, [
+      ("pair", lambda r: r["pair"]), ("method", lambda r: r["method"]),
+      ("crop", lambda r: str(r["crop"])), ("batch", lambda r: str(r["batch"])),
+      ("ms/step (min)", lambda r: f"{r['ms_per_step']:.1f}"),
+      ("median", lambda r: f"{r['median_ms']:.1f}"),
+      ("× plain student", lambda r: f"{r['vs_plain']:.2f}"),
+      ("peak GiB", lambda r: f"{r['peak_gib']:.2f}"),
+      ("compile s", lambda r: f"{r['compile_s']:.1f}")])
 
 
 def main(argv=None) -> list[dict]:
