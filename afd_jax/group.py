@@ -37,6 +37,7 @@ import numpy as np
 from afd_jax import (methods, metric_writer, models, multi_step, parallel,
                      seeds as seeds_lib, steps, train, train_state)
 from afd_jax import workdir as workdir_lib
+from afd_jax.analysis import comparison
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +47,6 @@ class Member:
   workdir: str
   config: ml_collections.ConfigDict
   hparams: dict[str, float]
-
-
-def _std(values) -> float:
-  """The sample standard deviation (ddof 1); 0 for one value."""
-  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def stacked_create(members: tuple[Member, ...]):
@@ -169,7 +165,7 @@ def _evaluate(run: train.Run, states, step: int, members, evaluate, writer) -> N
     row.update({f"{m.name}/eval/{key}": v for key, v in per[m.name].items()})
   for key in per[members[0].name]:
     v = [r[key] for r in per.values()]
-    row[f"eval/{key}"], row[f"eval/{key}_std"] = float(np.mean(v)), _std(v)
+    row[f"eval/{key}"], row[f"eval/{key}_std"] = comparison.mean_std(v)
   writer.write_scalars(step, row)
   logging.info("step %d (epoch %.2f): eval %s %s (mean %.2f)", step,
                step / run.steps_per_epoch, score,

@@ -198,10 +198,6 @@ def _expand(base_name: str, config, seeds, sweep: dict[str, list], row: str, pai
   return out
 
 
-def _role(config) -> str:
-  return "none" if config.method.name == "none" else config.method.name
-
-
 def _seeds(config) -> list[int]:
   values = config.get("seeds") or (config.get("seed", 0),)
   values = list(values)
@@ -227,8 +223,8 @@ def from_config(config: ml_collections.ConfigDict, sweep: dict[str, Any] | None 
   axes = {p: parse_sweep(config, p, v) for p, v in sweep.items()}
   if not axes and not config.get("seeds"):
     c = _single_run_config(config, config.get("seed", 0))
-    return Plan([PlannedRun("", c, _role(c), (_pair(c),), "")], config.data.name)
-  runs = _expand("", config, seeds, axes, _role(config), (_pair(config),))
+    return Plan([PlannedRun("", c, c.method.name, (_pair(c),), "")], config.data.name)
+  runs = _expand("", config, seeds, axes, config.method.name, (_pair(config),))
   return Plan(runs, config.data.name, bool(config.get("vmap_seeds")), paper)
 
 
@@ -266,7 +262,7 @@ def _suite_plan(suite: ml_collections.ConfigDict, sweep: dict[str, Any], paper) 
       pairs = tuple(dict.fromkeys(student_pairs[s] for s in teachers[name]
                                   if s in student_pairs)) or ((c.model.name, ""),)
     else:
-      row = _role(c)
+      row = c.method.name
       pairs = (student_pairs[name],)
       if row == "none":  # the student alone: a row of every pair of its model
         pairs = tuple(dict.fromkeys(p for p in student_pairs.values()
