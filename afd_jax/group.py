@@ -65,7 +65,10 @@ def stacked_create(members: tuple[Member, ...]):
                 for n, m in zip(own, members)]
       # One static part (apply_fn, tx) for the stack; each member's step uses its own tx.
       states = [s.replace(apply_fn=states[0].apply_fn, tx=states[0].tx) for s in states]
-      return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+      stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+      # A strong int32 step, as a restored checkpoint's: a weakly typed one (flax's
+      # `step=0`) made the resumed group compile its step programs a second time.
+      return stacked.replace(step=stacked.step.astype(jnp.int32))
 
     return create
 

@@ -1,6 +1,6 @@
 """Experiment plans (`afd_jax.plan`, `afd_jax.group`): axes expanded into runs, the whole
 plan validated before anything trains, a vmapped β × seed group equal to its members' own
-runs (through a kill-free stop and resume), one table, and no import circle in the package."""
+runs (through a preemption and resume), one table, and no import circle in the package."""
 import ast
 import json
 import os
@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from afd_jax import checkpointing, metric_writer, plan
+from afd_jax import checkpointing, metric_writer, plan, train
 from config_loading import load, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,13 @@ def sweep(digits_data_dir, tmp_path_factory):
   its last member (β and seed both not the config's) as an ordinary run of its own."""
   root = tmp_path_factory.mktemp("plan")
   out = {"root": str(root / "sweep")}
-  out["first"] = plan.run_plan(_sweep_plan(digits_data_dir, max_steps=2), out["root"])
+  # Stopped as a preemption does (the same programs as the resumed run's: a stop through
+  # max_steps=2 would change the config and recompile the group's 4-member step).
+  with pytest.MonkeyPatch.context() as m:
+    m.setenv("AFD_JAX_INJECT", "step@2")
+    with pytest.raises(train.Preempted) as stopped:
+      plan.run_plan(_sweep_plan(digits_data_dir), out["root"])
+  assert stopped.value.step == 2
   out["second"] = plan.run_plan(_sweep_plan(digits_data_dir), out["root"])
   for beta, seed in ((BETAS[1], SEEDS[1]),):
     c = _afd_config(digits_data_dir, seed=seed)
@@ -167,11 +173,11 @@ def test_group_metrics_per_member(sweep):
   groups = [d for d in os.listdir(sweep["root"]) if d.startswith("vmapped_")]
   rows = metric_writer.read_metrics(os.path.join(sweep["root"], groups[0]))
   evals = [r for r in rows if "eval/top1" in r]
-  assert [r["step"] for r in evals] == [2, 4]
+  assert [r["step"] for r in evals] == [4]  # the epoch's end (the stop at 2 was a preemption)
   names = [f"beta={b:g}/seed_{s}" for b in BETAS for s in SEEDS]
-  per = [evals[1][f"{n}/eval/top1"] for n in names]
-  assert evals[1]["eval/top1"] == pytest.approx(np.mean(per), abs=1e-4)
-  assert evals[1]["eval/top1_std"] == pytest.approx(np.std(per, ddof=1), abs=1e-4)
+  per = [evals[0][f"{n}/eval/top1"] for n in names]
+  assert evals[0]["eval/top1"] == pytest.approx(np.mean(per), abs=1e-4)
+  assert evals[0]["eval/top1_std"] == pytest.approx(np.std(per, ddof=1), abs=1e-4)
   for n in names:
     assert sweep["second"]["runs"][n]["best_top1"] == max(r[f"{n}/eval/top1"] for r in evals)
   train_rows = [r for r in rows if "train/loss" in r]
@@ -271,3 +277,18 @@ def test_traced_lr_and_weight_decay_members_equal_runs_of_those_values(map_membe
     np.testing.assert_allclose(metrics["loss"][:, k], m["loss"], rtol=1e-5)
   # The two members' values really differ in what they did.
   assert not np.allclose(*(jax.tree.leaves(together.params)[0][k] for k in (0, 1)))
+
+
+def test_a_groups_fresh_state_has_the_step_type_of_a_restored_one(digits_data_dir):
+  """The stacked fresh state's step is a strong int32, as a checkpoint restores it: a weak
+  one (flax's ``step=0``) made a resumed group compile its step programs again (16 s
+  each here, minutes for a real model)."""
+  import functools  # pylint: disable=g-import-not-at-top
+
+  from afd_jax import group, train_state  # pylint: disable=g-import-not-at-top
+  c = _afd_config(digits_data_dir, seeds=SEEDS, vmap_seeds=True)
+  members = tuple(group.Member(r.name, "", r.config, {}) for r in plan.from_config(c).runs)
+  build = functools.partial(train_state.build_networks, num_classes=10, steps_per_epoch=4)
+  create = group.stacked_create(members)(None, build)
+  step = jax.eval_shape(functools.partial(create, image_size=32), jax.random.PRNGKey(0)).step
+  assert step.shape == (2,) and step.dtype == np.int32 and not step.weak_type
