@@ -56,3 +56,30 @@ def tiny_device_setup():
   data = {"image": jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8),
           "label": jnp.asarray(rng.integers(0, 10, 40), jnp.int32)}
   return nets, sampler, data
+
+
+def run_main(config, wd, capfd):
+  """`afd_jax.main.main` in this process on `config` (flags set, not parsed again): the
+  command's exit code and stderr without a subprocess's seconds of imports.
+
+  Returns:
+    (exit code, stderr).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from afd_jax import main  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(["afd_jax.main"])
+  flags.FLAGS["config"].value = config
+  flags.FLAGS["workdir"].value = str(wd)
+  main._METHOD_OVERRIDES[:] = []  # pylint: disable=protected-access
+  main._SWEEPS.clear()  # pylint: disable=protected-access
+  capfd.readouterr()
+  try:
+    main.main(["afd_jax.main"])
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  finally:
+    flags.FLAGS.unparse_flags()  # the next parse starts from the defaults again
+  return code, capfd.readouterr().err

@@ -14,9 +14,9 @@ import chex
 import numpy as np
 import pytest
 
-from afd_jax import (checkpointing, main, methods, metric_writer, models, train,
+from afd_jax import (checkpointing, methods, metric_writer, models, train,
                      train_state, validation, workdir)
-from config_loading import distill, tiny_config
+from config_loading import distill, run_main, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,33 +177,9 @@ def test_flag_mistakes_are_one_error_line(args, message, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def _run_main(config, wd, capfd):
-  """`afd_jax.main.main` in this process on `config` (flags set, not parsed again).
-
-  Returns:
-    (exit code, stderr).
-  """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS(["afd_jax.main"])
-  flags.FLAGS["config"].value = config
-  flags.FLAGS["workdir"].value = str(wd)
-  main._METHOD_OVERRIDES[:] = []  # pylint: disable=protected-access
-  main._SWEEPS.clear()  # pylint: disable=protected-access
-  capfd.readouterr()
-  try:
-    main.main(["afd_jax.main"])
-    code = 0
-  except SystemExit as e:
-    code = e.code
-  finally:
-    flags.FLAGS.unparse_flags()  # the next parse starts from the defaults again
-  return code, capfd.readouterr().err
-
-
 def test_an_unwritable_workdir_is_one_error_line(digits_data_dir, tmp_path, capfd):
   (tmp_path / "file").write_text("")
-  code, err = _run_main(tiny_config(digits_data_dir), tmp_path / "file" / "run", capfd)
+  code, err = run_main(tiny_config(digits_data_dir), tmp_path / "file" / "run", capfd)
   assert code == 1
   assert _last_line(err).startswith(f"error: cannot create workdir {tmp_path}/file/run: ")
   assert "Traceback" not in err
@@ -213,7 +189,7 @@ def test_sigint_at_startup_is_one_error_line(digits_data_dir, tmp_path, capfd,
                                               monkeypatch):
   monkeypatch.setenv("AFD_JAX_INJECT", "startup@0:SIGINT")
   monkeypatch.setattr(signal, "SIGINT", signal.SIGINT)
-  code, err = _run_main(tiny_config(digits_data_dir), tmp_path / "run", capfd)
+  code, err = run_main(tiny_config(digits_data_dir), tmp_path / "run", capfd)
   assert code == 128 + signal.SIGINT
   assert _last_line(err).startswith("error: interrupted (SIGINT)")
   assert "Traceback" not in err and not (tmp_path / "run").exists()
@@ -238,7 +214,7 @@ def test_a_full_disk_is_one_error_line_cleans_up_and_resumes(finished, digits_da
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
   wd = tmp_path / "run"
-  code, err = _run_main(tiny_config(digits_data_dir), wd, capfd)
+  code, err = run_main(tiny_config(digits_data_dir), wd, capfd)
   assert code == 1
   assert _last_line(err).startswith(
       f"error: no space left on device while saving checkpoint {wd}/checkpoints/8")
@@ -247,7 +223,7 @@ def test_a_full_disk_is_one_error_line_cleans_up_and_resumes(finished, digits_da
   assert not glob.glob(str(wd / "**" / "*orbax-checkpoint-tmp*"), recursive=True)
   assert checkpointing.latest_step(str(wd)) == 4  # kept
   monkeypatch.setattr(ocp.CheckpointManager, "save", save)  # space freed
-  code, err = _run_main(tiny_config(digits_data_dir), wd, capfd)
+  code, err = run_main(tiny_config(digits_data_dir), wd, capfd)
   assert code == 0, err[-2000:]
   chex.assert_trees_all_close(_latest_state(str(wd))[1], _latest_state(finished)[1],
                               rtol=1e-6, atol=1e-6)

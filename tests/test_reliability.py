@@ -6,17 +6,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import chex
 import numpy as np
 import pytest
 
 from afd_jax import checkpointing, metric_writer, train, workdir
-from config_loading import distill, tiny_config
+from config_loading import distill, load, run_main, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _state(wd, sub="checkpoints", step=None):
@@ -217,32 +214,33 @@ def test_an_image_size_too_small_for_the_model_names_the_minimum(digits_data_dir
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def _cli(args, env=None):
-  return subprocess.run([sys.executable, "-m", "afd_jax.main", *args], cwd=ROOT,
-                        capture_output=True, text=True, env={**os.environ, **(env or {})})
-
-
-def test_command_line_errors_are_the_last_thing_printed(digits_data_dir, tmp_path):
-  unknown = _cli(["--config=configs/cifar100/teacher.py:model=resnet8,runlocal",
-                  "--config.data.name=no_such_dataset_xyz", f"--workdir={tmp_path / 'a'}"])
-  assert unknown.returncode == 1
-  lines = unknown.stderr.strip().splitlines()
+def test_command_line_errors_are_the_last_thing_printed(digits_data_dir, tmp_path, capfd,
+                                                       monkeypatch):
+  """`afd_jax.main` as the command runs it (in this process; test_failures.py runs the
+  flag parsing itself in subprocesses): a missing dataset, a preemption and a corrupt
+  checkpoint each end with one line and the documented exit status."""
+  c = load("cifar100/teacher.py", "model=resnet8,runlocal")
+  c.data.name = "no_such_dataset_xyz"
+  code, err = run_main(c, tmp_path / "a", capfd)
+  assert code == 1
+  lines = err.strip().splitlines()
   assert lines[-1].startswith("error: ")
   assert "Unknown dataset 'no_such_dataset_xyz'" in lines[-1]
-  assert len(lines) < 40 and "Traceback" not in unknown.stderr
+  assert len(lines) < 40 and "Traceback" not in err
   wd = str(tmp_path / "b")
-  args = ["--config=configs/cifar100/teacher.py:model=resnet8,runlocal",
-          f"--config.data.data_dir={digits_data_dir}", f"--workdir={wd}"]
-  preempted = _cli(args, {"AFD_JAX_INJECT": "step@1"})
-  assert preempted.returncode == 128 + signal.SIGTERM, preempted.stderr[-2000:]
-  assert "Traceback" not in preempted.stderr
-  assert preempted.stderr.strip().splitlines()[-1].startswith("Preempted: stopped by signal")
+  c = load("cifar100/teacher.py", "model=resnet8,runlocal")
+  c.data.data_dir = digits_data_dir
+  monkeypatch.setenv("AFD_JAX_INJECT", "step@1")
+  code, err = run_main(c, wd, capfd)
+  monkeypatch.delenv("AFD_JAX_INJECT")
+  assert code == 128 + signal.SIGTERM, err[-2000:]
+  assert "Traceback" not in err
+  assert err.strip().splitlines()[-1].startswith("Preempted: stopped by signal")
   for path in glob.glob(os.path.join(wd, "checkpoints", "1", "state", "**", "*"),
                         recursive=True):
     if os.path.isfile(path):
       with open(path, "wb") as f:
         f.write(b"garbage")
-  corrupt = _cli(args)
-  assert corrupt.returncode == 1
-  assert corrupt.stderr.strip().splitlines()[-1].startswith(
-      "error: cannot resume from checkpoint")
+  code, err = run_main(c, wd, capfd)
+  assert code == 1
+  assert err.strip().splitlines()[-1].startswith("error: cannot resume from checkpoint")
