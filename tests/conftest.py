@@ -57,3 +57,15 @@ def digits_data_dir(tmp_path_factory) -> str:
 def digits_seg_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir with the offline `digits_seg` dataset prepared (once per session)."""
   return _prepared("digits_seg", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(digits_data_dir, tmp_path_factory) -> str:
+  """The workdir of one finished `config_loading.tiny_config` run (8 steps, checkpoints 4
+  and 8, best/), trained once per worker and shared by the files that need a finished run
+  or a teacher. Never modified: a test that writes copies it first."""
+  from afd_jax import train  # pylint: disable=g-import-not-at-top
+  from config_loading import tiny_config  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path_factory.mktemp("tiny_run"))
+  assert train.train_and_evaluate(tiny_config(digits_data_dir), wd)["step"] == 8
+  return wd

@@ -42,11 +42,10 @@ def _scribble(path, n=4096, seed=0):
 
 
 @pytest.fixture(scope="module")
-def finished(digits_data_dir, tmp_path_factory):
-  """A finished 8-step run (checkpoints 4 and 8, best/), never modified: copy it first."""
-  wd = str(tmp_path_factory.mktemp("finished"))
-  train.train_and_evaluate(tiny_config(digits_data_dir), wd)
-  return wd
+def finished(tiny_run):
+  """A finished 8-step run (checkpoints 4 and 8, best/; conftest.py), never modified:
+  copy it first."""
+  return tiny_run
 
 
 def _copy(src, dst):

@@ -32,11 +32,9 @@ def _eval_rows(wd):
 
 
 @pytest.fixture(scope="module")
-def straight(digits_data_dir, tmp_path_factory):
-  """An uninterrupted 8-step run (checkpoints at the epoch ends 4 and 8)."""
-  wd = str(tmp_path_factory.mktemp("straight"))
-  train.train_and_evaluate(tiny_config(digits_data_dir), wd)
-  return wd
+def straight(tiny_run):
+  """An uninterrupted 8-step run (checkpoints at the epoch ends 4 and 8; conftest.py)."""
+  return tiny_run
 
 
 def _assert_same_run(a, b):

@@ -25,11 +25,9 @@ def read_state(workdir, sub="checkpoints"):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(digits_data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("teacher"))
-  result = train.train_and_evaluate(tiny_config(digits_data_dir), workdir)
-  assert result["step"] == 8
-  return workdir
+def teacher_dir(tiny_run):
+  """The shared finished 8-step run (conftest.py), here a teacher."""
+  return tiny_run
 
 
 def test_teacher_run_writes_checkpoints_logs_and_config(teacher_dir):

@@ -15,12 +15,9 @@ from config_loading import distill, load, tiny_config
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(digits_data_dir, tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp("teacher"))
-  config = tiny_config(digits_data_dir)
-  config.schedule.num_epochs = 1
-  plan.train_run(config, wd)
-  return wd
+def teacher_dir(tiny_run):
+  """The shared finished 8-step run (conftest.py), here a teacher."""
+  return tiny_run
 
 
 def _config(data_dir, teacher_dir, method, **fields):
