@@ -243,12 +243,14 @@ def test_no_import_circle_in_the_package():
   assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("map_members", [False, True], ids=["vmap", "side_by_side"])
-def test_traced_lr_and_weight_decay_members_equal_runs_of_those_values(map_members):
-  """Two members of one seed whose optim.lr and optim.weight_decay are traced values,
-  batched by jax.vmap (GPUs/TPUs) or side by side (CPU), drawing their shared batch once:
-  2 steps of each equal the plain device steps of a network built with those values as
-  Python constants."""
+@pytest.mark.parametrize("map_members,member_seeds", [(False, (0, 1)), (True, (0, 0))],
+                         ids=["vmap_two_seeds", "side_by_side_one_seed"])
+def test_traced_lr_and_weight_decay_members_equal_runs_of_those_values(map_members,
+                                                                        member_seeds):
+  """Two members whose optim.lr and optim.weight_decay are traced values, batched by
+  jax.vmap (GPUs/TPUs) with their own seeds (inits and batches), or side by side (CPU) of
+  one seed, drawing their shared batch once: 2 steps of each equal the plain device
+  steps of a network built with those values as Python constants, from its seed."""
   import functools  # pylint: disable=g-import-not-at-top
 
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -259,14 +261,15 @@ def test_traced_lr_and_weight_decay_members_equal_runs_of_those_values(map_membe
   config = tiny_config(None)
   values = {"optim.lr": [0.05, 0.2], "optim.weight_decay": [5e-4, 5e-2]}
   build = functools.partial(train_state.build_networks, config, 10, 2)
-  states = seeds.create_states(nets, (0, 0), 32)
+  states = seeds.create_states(nets, member_seeds, 32)
+  batch_of = (0, 0) if member_seeds == (0, 0) else (0, 1)
   together, metrics = jax.jit(functools.partial(
       seeds.vmapped_steps, nets, sampler, 2, member_nets=lambda hp: build(hparams=hp),
-      map_members=map_members, batch_of=(0, 0)))(
-          states, data, jnp.array([0, 0], jnp.int32), None,
+      map_members=map_members, batch_of=batch_of))(
+          states, data, jnp.array(member_seeds, jnp.int32), None,
           hparams={k: jnp.asarray(v) for k, v in values.items()})
   sharded = parallel.batch_sharded(parallel.make_mesh(1))
-  for k, seed in enumerate((0, 0)):
+  for k, seed in enumerate(member_seeds):
     own = build(hparams={p: v[k] for p, v in values.items()})
     alone = jax.jit(functools.partial(multi_step.device_steps, own, sampler, sharded, 2, 16))
     state, m = alone(train_state.create(own, jax.random.PRNGKey(seed), image_size=32),

@@ -1,19 +1,19 @@
-"""GPU/TPU-first speed: no TensorFlow on the device path, vmapped seeds, bf16 losses."""
+"""GPU/TPU-first speed: no TensorFlow on the device path, bf16 losses (vmapped seeds and
+swept values: test_plan.py)."""
 import functools
 import os
 import subprocess
 import sys
 import textwrap
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from afd_jax import multi_step, parallel, seeds, train_state
+from afd_jax import train_state
 from afd_jax.methods import afd
-from config_loading import tiny_config, tiny_device_setup
+from config_loading import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,24 +53,6 @@ def test_training_and_the_benchmark_need_neither_tensorflow_nor_torch(tmp_path):
   assert "| resnet8→resnet8 | kd | (b) device" in out.stdout, out.stdout
   assert "host numpy" in out.stdout  # (a) fed without tf.data when TF is absent
   assert os.path.exists(tmp_path / "bench.json") and os.path.exists(tmp_path / "bench.md")
-
-
-def test_vmapped_seeds_equal_separate_runs():
-  """Two seeds in one program, 2 steps: each seed's state == its own run's, to 1e-5."""
-  nets, sampler, data = tiny_device_setup()
-  together, metrics = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, 2))(
-      seeds.create_states(nets, (0, 1), 32), data, jnp.array([0, 1], jnp.int32), None)
-  assert metrics["loss"].shape == (2, 2)
-  alone = jax.jit(functools.partial(multi_step.device_steps, nets, sampler,
-                                    parallel.batch_sharded(parallel.make_mesh(1)), 2,
-                                    None))  # size None: full batches, as vmapped_steps
-  for k, seed in enumerate((0, 1)):
-    state = train_state.create(nets, jax.random.PRNGKey(seed), image_size=32)
-    state, m = alone(state, data, jnp.int32(seed), None)
-    mine = seeds.unstack(together, k)
-    chex.assert_trees_all_close(mine.params, state.params, rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(mine.batch_stats, state.batch_stats, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(metrics["loss"][:, k], m["loss"], rtol=1e-5)
 
 
 def test_float16_is_refused_with_a_clear_error():
