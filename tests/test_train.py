@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from afd_jax import checkpointing, metric_writer, parallel, steps, train
 from afd_jax import train_state
 from config_loading import distill, tiny_config
 from configs import common
