@@ -4,6 +4,8 @@ distilled with TaT's patch-group + anchor-point loss, the teacher in train mode)
 table and pictures; its TaT run killed mid-run and resumed identically, and its first
 step on 4 devices equal to 1 device's. The VOC / COCOStuff configs' own networks and recipes are traced at the
 real crop in test_seg_configs.py (no compile: a run would add nothing but minutes)."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -46,8 +48,6 @@ def _state(wd, step):
 def quickstart(digits_seg_data_dir, tmp_path_factory):
   """The quickstart plan, run once: (its workdir, {run: result}, what it printed)."""
   root = str(tmp_path_factory.mktemp("seg_quickstart"))
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     results = plan.run_plan(plan.from_config(_quickstart(digits_seg_data_dir)), root)
