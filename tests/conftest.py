@@ -4,8 +4,11 @@ import tempfile
 
 import pytest
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+import xla_test_flags
+
+os.environ["XLA_FLAGS"] = " ".join((os.environ.get("XLA_FLAGS", ""),
+                                   "--xla_force_host_platform_device_count=8",
+                                   xla_test_flags.COMPILE_FLAGS)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache for the session: the many short runs of the same tiny

@@ -6,10 +6,13 @@
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                 os.path.dirname(os.path.abspath(__file__))]
+import xla_test_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4 " +
+                           xla_test_flags.COMPILE_FLAGS)
+os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from config_loading import load
+import xla_test_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "colab.ipynb")
@@ -51,8 +52,9 @@ def _final_eval_top1(workdir):
 @pytest.mark.slow
 def test_notebook_runs_offline_on_cpu(digits_data_dir, tmp_path, monkeypatch):
   # The kernel: one CPU device (conftest gives this process 8 fake ones), and XLA's
-  # quick compile mode: two-step runs spend most of their time compiling.
-  monkeypatch.setenv("XLA_FLAGS", "")
+  # quick compile modes (xla_test_flags.py): two-step runs spend most of their time
+  # compiling.
+  monkeypatch.setenv("XLA_FLAGS", xla_test_flags.COMPILE_FLAGS)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), OFFLINE=True,

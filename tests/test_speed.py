@@ -14,6 +14,7 @@ import pytest
 from afd_jax import train_state
 from afd_jax.methods import afd
 from config_loading import tiny_config
+import xla_test_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,8 @@ def test_training_and_the_benchmark_need_neither_tensorflow_nor_torch(tmp_path):
       """)
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                        text=True, timeout=300,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+                       env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                XLA_FLAGS=xla_test_flags.COMPILE_FLAGS))
   assert out.returncode == 0, out.stderr[-3000:]
   assert "| resnet8→resnet8 | kd | (b) device" in out.stdout, out.stdout
   assert "host numpy" in out.stdout  # (a) fed without tf.data when TF is absent

@@ -1,4 +1,4 @@
-"""CIFAR-100 baselines, each with its released defaults: the CRD benchmark's ``kd``
+r"""CIFAR-100 baselines, each with its released defaults: the CRD benchmark's ``kd``
 (default), ``fitnet``, ``at``, ``sp``, ``cc``, ``pkt``, ``rkd``, ``nst``, ``vid``, and
 ``ab``, ``ft``, ``fsp`` (two-stage: an init phase in ``<workdir>/init_phase`` first),
 ``crd``, ``dkd``, ``reviewkd``, ``semckd`` (any registered method name is accepted); e.g.
