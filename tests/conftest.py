@@ -19,25 +19,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile(request):
-  """Modules marked ``fast_compile`` compile with most XLA optimizations off
-  (``jax_disable_most_optimizations``): each of their programs runs once or twice on tiny
-  inputs, so XLA's optimization passes cost more CPU than they save (measured: 20-30 %
-  less CPU for test_afd.py and test_torch_interop.py). Not for files that run training
-  steps repeatedly: unoptimized steps run slower (test_method_steps.py took 25 % longer)."""
-  if request.node.get_closest_marker("fast_compile") is None:
-    yield
-    return
-  import jax
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 def _prepared(name: str, tmp_path_factory) -> str:
   """A fresh TFDS data_dir with this project's offline dataset `name` prepared."""
   # Imported lazily: test files that never use the data do not pay for TensorFlow.

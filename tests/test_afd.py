@@ -19,8 +19,6 @@ from afd_jax.analysis import heatmap as link_heatmap
 from afd_jax.methods import FeatureInfo, PairingError, build_method
 from afd_jax.methods.afd import AFD, Config, afd_feature_names
 
-# Each program runs once or twice on tiny inputs (tests/conftest.py).
-pytestmark = pytest.mark.fast_compile
 
 BN_EPS = 1e-5
 

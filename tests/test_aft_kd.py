@@ -11,7 +11,6 @@ from afd_jax.methods import aft_kd
 from numpy_reference import fd_check, np_ce, np_kd, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
 
 # ---- independent NumPy reference ------------------------------------------------------
 

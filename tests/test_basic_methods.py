@@ -13,8 +13,6 @@ from afd_jax.methods import fitnet as fitnet_lib
 from afd_jax.methods import kd as kd_lib
 from numpy_reference import np_pool
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
-
 
 # ---- independent NumPy references (float64) --------------------------------------------
 

@@ -4,7 +4,6 @@ digits at smoke scale, rerun without retraining."""
 import json
 import os
 
-import jax
 from matplotlib.container import ErrorbarContainer
 import numpy as np
 
@@ -130,13 +129,7 @@ def test_compare_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, capsys):
   workdir = tmp_path / "cmp"
   argv = ["--dataset=digits", "--methods=kd,ickd", "--pairs=resnet20:resnet8", "--seeds=0,1",
           "--runlocal", f"--data_dir={digits_data_dir}", f"--workdir={workdir}"]
-  # XLA's quick compile mode: two-step runs are mostly compilation.
-  optimize = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  try:
-    compare.main(argv)
-  finally:
-    jax.config.update("jax_disable_most_optimizations", optimize)
+  compare.main(argv)
   runs = {"resnet20", *(f"resnet20-resnet8/{m}/seed_{s}" for m in ("none", "kd")
                         for s in (0, 1))}
   for run in runs:

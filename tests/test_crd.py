@@ -14,7 +14,6 @@ from afd_jax import methods, parallel
 from afd_jax.methods import crd
 from numpy_reference import fd_check, np_ce
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
 
 N, C, B, K, D = 48, 4, 8, 16, 8  # examples, classes, batch, negatives, feat_dim
 LABELS = np.random.default_rng(0).permutation(np.arange(N) % C)

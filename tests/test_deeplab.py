@@ -22,7 +22,6 @@ from afd_jax.models import deeplab
 import torch_deeplab
 import torch_models
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
 
 NAMES = ("deeplabv3p_resnet101", "deeplabv3p_resnet18", "deeplabv3p_mobilenetv2")
 NUM_CLASSES = 21

@@ -182,13 +182,15 @@ def test_repeat_scanned_equals_unrolled():
 
 @pytest.mark.slow
 def test_resume_from_a_mid_chunk_step_is_exact(digits_data_dir, tmp_path):
-  """k = 4: straight (one chunk of 4) == stopped at step 3 (chunks 2, 1) + resumed (1)."""
+  """k = 2: straight (chunks 1-2, 3-4) == stopped at step 3 (chunks 2, 1) + resumed from
+  the middle of the straight run's second chunk (1). (k = 4 at the dispatcher: the test
+  above; each step of a chunk is compiled into its program on CPU.)"""
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train.train_and_evaluate(_device_config(digits_data_dir, steps_per_dispatch=4), straight)
+  train.train_and_evaluate(_device_config(digits_data_dir, steps_per_dispatch=2), straight)
   first = train.train_and_evaluate(
-      _device_config(digits_data_dir, steps_per_dispatch=4, max_steps=3), resumed)
+      _device_config(digits_data_dir, steps_per_dispatch=2, max_steps=3), resumed)
   assert first["step"] == 3 and checkpointing.latest_step(resumed) == 3
-  train.train_and_evaluate(_device_config(digits_data_dir, steps_per_dispatch=4), resumed)
+  train.train_and_evaluate(_device_config(digits_data_dir, steps_per_dispatch=2), resumed)
   assert _params(straight)[0] == _params(resumed)[0] == 4
   chex.assert_trees_all_close(_params(resumed)[1], _params(straight)[1], rtol=1e-6,
                               atol=1e-6)

@@ -13,8 +13,6 @@ from afd_jax.methods import hmat
 from numpy_reference import fd_check, np_ce, np_kd, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
-# Each program runs once or twice on tiny inputs (tests/conftest.py).
-pytestmark = pytest.mark.fast_compile
 
 # ---- independent NumPy reference ------------------------------------------------------
 

@@ -12,8 +12,6 @@ from afd_jax.methods import reviewkd, semckd, vid
 from numpy_reference import fd_check, np_ce, np_kd, np_pool, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
-
 
 def f32(x):
   return jnp.asarray(x, jnp.float32)

@@ -21,8 +21,6 @@ from flax import traverse_util
 from afd_jax.methods import (ab, afd, aft_kd, cc, crd, fitnet, ft, hmat, reviewkd, semckd,
                              seg_reviewkd, vid)
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
-
 
 def torch_default(fan_in):
   """PyTorch's nn.Conv2d / ConvTranspose2d / Linear default weight and bias init."""

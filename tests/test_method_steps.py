@@ -156,9 +156,6 @@ def _config(method):
 def pair():
   """What every method shares: the batch, the teacher's outputs, the student's initial
   variables, forward and VJP (compiled once)."""
-  # Runtime is not measured here: XLA's quick compile mode, as the notebook test.
-  quick = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
   c = _config("kd")
   nets = train_state.build_networks(c, CLASSES, steps_per_epoch=4)
   rng = np.random.default_rng(0)
@@ -183,10 +180,9 @@ def pair():
       return logits, feats
     return jax.vjp(f, params)[1]((cot_logits, cot_feats))[0]
 
-  yield dict(config=c, labels=labels, batch=batch, teacher_vars=teacher_vars, s_vars=s_vars,
-             t_logits=t_logits, t_feats=t_feats, s_logits=s_logits, s_feats=s_feats,
-             student_vjp=student_vjp)
-  jax.config.update("jax_disable_most_optimizations", quick)
+  return dict(config=c, labels=labels, batch=batch, teacher_vars=teacher_vars, s_vars=s_vars,
+              t_logits=t_logits, t_feats=t_feats, s_logits=s_logits, s_feats=s_feats,
+              student_vjp=student_vjp)
 
 
 def _f64(tree):

@@ -15,8 +15,6 @@ import pytest
 from afd_jax import models
 from afd_jax.models.resnet import Bottleneck, ResNet
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
-
 
 @functools.lru_cache(maxsize=None)
 def _params(name, **kwargs):

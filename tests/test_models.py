@@ -13,8 +13,6 @@ import pytest
 from afd_jax.models import MODEL_NAMES, feature_list, get_model, is_segmentation
 from afd_jax.models.shufflenet import channel_shuffle
 
-# Each program runs once or twice on tiny inputs (tests/conftest.py).
-pytestmark = pytest.mark.fast_compile
 
 # Parameter counts (params collection: weights, biases, BN scale/bias) of the PyTorch
 # originals: RepDistiller's zoo with 100 classes, torchvision's ResNets with 1000

@@ -56,7 +56,6 @@ def test_notebook_runs_offline_on_cpu(digits_data_dir, tmp_path, monkeypatch):
   # compiling.
   monkeypatch.setenv("XLA_FLAGS", xla_test_flags.COMPILE_FLAGS)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), OFFLINE=True,
                         WORKDIR=str(tmp_path / "colab"), DATA_DIR=digits_data_dir)
   nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",

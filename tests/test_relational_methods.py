@@ -5,12 +5,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from afd_jax.methods import cc, dkd, nst, pkt, rkd, sp
 from numpy_reference import fd_check, np_ce, np_pool, np_softmax
-
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
 
 
 def f32(x):

@@ -18,7 +18,6 @@ from afd_jax.methods import base, kd as kd_lib, seg_comp, tat
 from numpy_reference import np_pool, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
 
 MUTABLE = ["batch_stats", "method_state", "intermediates"]
 

@@ -120,8 +120,11 @@ def test_kill_and_resume_is_identical_and_four_devices_see_one_global_batch(
   # differences), which no tolerance separates from a bug. One train step across device
   # counts is compared exactly where it is well-conditioned: test_train.py (classification)
   # and test_seg_methods.py (TaT's hierarchical module on 8 devices).
+  # (Stopped by a preemption after step 1: the run's eval programs are not compiled.)
   four = str(tmp_path / "four_devices")
-  plan.train_run(_tat_config(digits_seg_data_dir, root, num_devices=4, max_steps=1), four)
+  monkeypatch.setenv("AFD_JAX_INJECT", "step@1")
+  with pytest.raises(train.Preempted):
+    plan.train_run(_tat_config(digits_seg_data_dir, root, num_devices=4), four)
   first = [next(r for r in metric_writer.read_metrics(w) if r.get("step") == 1
                 and "train/loss" in r) for w in (four, straight)]
   terms = ("train/loss", "train/ce", "train/tat", "train/tat_patch", "train/tat_anchor")

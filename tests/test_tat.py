@@ -13,7 +13,6 @@ from afd_jax.methods import tat
 from numpy_reference import fd_check, np_ce, np_softmax
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
 
 fd_check = functools.partial(fd_check, rtol=2e-3, atol=2e-6)  # this file's tolerances
 

@@ -16,8 +16,6 @@ from afd_jax import checkpointing, models
 from afd_jax.interop import torch as interop
 import torch_models
 
-# Each program runs once or twice on tiny inputs (tests/conftest.py).
-pytestmark = pytest.mark.fast_compile
 
 # Every image classifier of the zoo, each against its PyTorch definition (the segmentation
 # models: test_deeplab.py).

@@ -15,8 +15,6 @@ from afd_jax.methods import ab, fsp, ft
 from numpy_reference import fd_check, np_ce, np_kd, np_pool
 from sharding_checks import assert_eager_jit_and_sharded_agree
 
-pytestmark = pytest.mark.fast_compile  # programs run once on small inputs (conftest.py)
-
 
 def f32(x):
   return jnp.asarray(x, jnp.float32)
