@@ -2,7 +2,8 @@
 first, longest first, so that ``-n 2 --dist loadfile --no-loadscope-reorder`` hands them
 out at once (the longest-processing-time rule) instead of ending on one long file while
 the other worker idles. xdist's default reorder (by number of tests per file) would undo
-this: 641 tests in 9:47 with it, the seg quickstart file started last.
+this (the same 641 tests, empty compilation cache, 2 cores: 9:47 with xdist's reorder,
+8:38 with this order).
 
 Order: the files of `LONGEST` (their test time in a full run with an empty compilation
 cache, 2 cores: seconds in the comment), then the other files holding ``slow`` tests,
