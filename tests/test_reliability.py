@@ -15,7 +15,6 @@ from afd_jax import checkpointing, metric_writer, train, workdir
 from config_loading import distill, load, run_main, tiny_config
 
 
-
 def _state(wd, sub="checkpoints", step=None):
   d = os.path.join(wd, sub)
   step = step or max(int(s) for s in os.listdir(d) if s.isdigit())
