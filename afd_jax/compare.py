@@ -39,7 +39,7 @@ import ml_collections
 # The config files (``configs/``) live beside the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from afd_jax import checkpointing, methods, plan as plan_lib  # noqa: E402
+from afd_jax import checkpointing, methods, plan as plan_lib, plan_results  # noqa: E402
 from afd_jax.analysis import comparison  # noqa: E402
 from afd_jax.datasets.availability import DatasetNotAvailableError  # noqa: E402
 from configs import pairs as pairs_lib  # noqa: E402
@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   start = time.time()
   out = plan_lib.run_plan(build_plan(args), args.workdir)
-  print(f"wrote {os.path.join(args.workdir, plan_lib.RESULTS)}.{{md,json,png}} "
+  print(f"wrote {os.path.join(args.workdir, plan_results.RESULTS)}.{{md,json,png}} "
         f"({time.time() - start:.0f} s)", flush=True)
   return out
 

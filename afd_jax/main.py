@@ -220,7 +220,7 @@ def _main(argv):
   except ValueError as e:
     fail(str(e))
   # Imports jax / TF: after parsing.
-  from afd_jax import checkpointing, methods, parallel, plan, train
+  from afd_jax import checkpointing, methods, parallel, plan, plan_results, train
   from afd_jax.datasets.availability import DatasetNotAvailableError
   if _PRINT_CONFIG.value:
     print(config)
@@ -234,7 +234,7 @@ def _main(argv):
     the_plan = plan.from_config(config, _SWEEPS)
     result = plan.run_plan(the_plan, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
     if the_plan.single and parallel.is_chief():
-      print(plan.format_result(_WORKDIR.value, result))
+      print(plan_results.format_result(_WORKDIR.value, result))
   except train.Preempted as e:
     print(f"Preempted: {e}; rerun the same command to resume.", file=sys.stderr)
     sys.exit(128 + e.signum)

@@ -25,9 +25,9 @@ With ``config.vmap_seeds=True`` the runs that differ only in seed or in traced s
 program (`afd_jax.group`, in ``<workdir>/vmapped_<digest>``); a field that changes a shape
 or Python control flow splits the group automatically (its trace fails: `group.traceable`).
 
-The table (`afd_jax.analysis.comparison`: mean ± std over seeds, Δ vs the student alone,
-the published number, the bar chart) is written by the chief process to
-``<workdir>/results.{md,json,png}``.
+The table (`afd_jax.plan_results`, `afd_jax.analysis.comparison`: mean ± std over seeds,
+Δ vs the student alone, the published number, the bar chart) is written by the chief
+process to ``<workdir>/results.{md,json,png}``.
 """
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ import numpy as np
 
 from afd_jax import (checkpointing, device_data, group, init_phase, methods, models,
                      parallel, train, train_state, validation)
+from afd_jax import plan_results
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import comparison
 from afd_jax.datasets.availability import DatasetNotAvailableError
 
-RESULTS = "results"  # <workdir>/results.{md,json,png}
 TEACHER_REF = "{workdir}/"
 # Errors `validate` reports as "run <name>: <message>".
 CONFIG_ERRORS = (ValueError, KeyError, TypeError, AttributeError,
@@ -524,77 +524,10 @@ def run_plan(plan: Plan, workdir: str, allow_config_change: bool = False,
       for r in todo:
         results[r.name] = {"error": f"diverged: {e}"}
     for r in todo:
-      log(format_result(r.name, results[r.name]))
-  table = write_table(plan, results, workdir)
+      log(plan_results.format_result(r.name, results[r.name]))
+  table = plan_results.write_table(plan, results, workdir)
   log(table)
   return {"runs": results, "table": table}
-
-
-def format_result(name: str, result: dict) -> str:
-  """One line summarising a single run's result."""
-  if "error" in result:
-    return f"{name}: n/a ({result['error'].splitlines()[0]})"
-  score = score_name(result)
-  parts = [f"{name}: {score} {result.get(score, float('nan')):.2f}",
-           f"best {result.get(f'best_{score}', float('nan')):.2f}"]
-  if f"teacher_{score}" in result:
-    parts.append(f"teacher {result[f'teacher_{score}']:.2f}")
-  parts.append(f"{result.get('step', 0)} steps, {result.get('train_seconds', 0):.0f} s")
-  return ", ".join(parts)
-
-
-def score_name(result: dict) -> str:
-  """The score a run's result reports: ``'miou'`` (segmentation) or ``'top1'``."""
-  return "miou" if "miou" in result or "best_miou" in result else "top1"
-
-
-# ----------------------------------------------------------------------------- table
-
-def collect(plan: Plan, results: dict[str, dict]) -> dict[str, Any]:
-  """`results` in `comparison`'s format: per pair, per row, the runs' seeds."""
-  pairs: dict[tuple[str, str], dict] = {}
-  score = next((score_name(r) for r in results.values() if "error" not in r), "top1")
-  for run in plan.runs:
-    result = results.get(run.name)
-    if result is None:
-      continue
-    for pair in run.pairs:
-      rows = pairs.setdefault(pair, {})
-      model = run.config.model.name
-      rec = rows.setdefault(run.row, {"model": model, "method": run.config.method.name,
-                                      "score": score, "seeds": [], "top1": [],
-                                      "best_top1": [], "train_seconds": []})
-      if "error" in result:
-        rows[run.row] = {"model": model, "method": run.config.method.name,
-                         "error": result["error"]}
-        continue
-      if "error" in rec:
-        continue
-      rec["seeds"].append(run.config.seed)
-      rec["top1"].append(result.get(score))
-      rec["best_top1"].append(result.get(f"best_{score}"))
-      rec["train_seconds"].append(result.get("train_seconds"))
-  return {"dataset": plan.dataset, "score": score,
-          "pairs": [{"teacher": t, "student": s, "runs": rows}
-                    for (t, s), rows in pairs.items()]}
-
-
-def write_table(plan: Plan, results: dict[str, dict], workdir: str) -> str:
-  """``results.md`` / ``.json`` / ``.png`` in `workdir` (chief only); returns the
-  Markdown."""
-  collected = collect(plan, results)
-  table = comparison.markdown(collected, plan.paper)
-  if parallel.is_chief():
-    os.makedirs(workdir, exist_ok=True)
-    paths = {ext: os.path.join(workdir, f"{RESULTS}.{ext}") for ext in ("md", "json", "png")}
-    with open(paths["md"], "w", encoding="utf-8") as f:
-      f.write(table)
-    summary = comparison.summary_json(collected, plan.paper)
-    summary["runs"] = results
-    with open(paths["json"], "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2, default=float)
-    comparison.save_png(collected, paths["png"], plan.paper)
-  return table
 
 
 def run_config(config: ml_collections.ConfigDict, workdir: str,
