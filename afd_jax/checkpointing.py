@@ -13,6 +13,8 @@ instead of resuming from garbage.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import glob
 import hashlib
@@ -125,9 +127,10 @@ def _save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str,
   held = _HeldErrors()
   std_logging.getLogger("absl").addFilter(held)
   try:
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), **kwargs)
-    manager.wait_until_finished()
+    with _draining_event_loops():
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), **kwargs)
+      manager.wait_until_finished()
     if jax.process_index() == 0:
       write_digest(os.path.join(directory, str(step)))
   except Exception as e:
@@ -148,6 +151,50 @@ def _save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str,
     std_logging.getLogger("absl").removeFilter(held)
     for record in held.records:  # a save that succeeded after all: shown as logged
       std_logging.getLogger("absl").handle(record)
+
+
+_DRAIN_SECONDS = 120  # per wait: a local or network write that takes longer hangs
+
+
+class _DrainingLoop(asyncio.SelectorEventLoop):
+  """An event loop that, closed with tasks still pending, lets them finish first.
+
+  Orbax runs a save's writes as tasks of a fresh loop and closes it as soon as one fails
+  (a full disk), while the others still write into the temporary directory from
+  tensorstore's threads, then print tracebacks (the loop is closed) or are reported at
+  exit. Drained, they end inside the save, before its temporary directory is removed.
+  """
+
+  def close(self) -> None:
+    if not self.is_closed() and not self.is_running():
+      pending = asyncio.all_tasks(self)
+      if pending:
+        done, late = self.run_until_complete(asyncio.wait(pending, timeout=_DRAIN_SECONDS))
+        for task in late:  # a write that hangs: cancelled rather than waited for forever
+          task.cancel()
+        if late:
+          self.run_until_complete(asyncio.wait(late, timeout=_DRAIN_SECONDS))
+        for task in done | late:  # retrieved: asyncio logs none as "never retrieved"
+          if task.done() and not task.cancelled():
+            task.exception()
+    super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+
+  def new_event_loop(self) -> asyncio.AbstractEventLoop:
+    return _DrainingLoop()
+
+
+@contextlib.contextmanager
+def _draining_event_loops():
+  """Event loops created inside (orbax's, for one save) are `_DrainingLoop`s."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_DrainingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 class _HeldErrors(std_logging.Filter):

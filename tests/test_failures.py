@@ -1,7 +1,9 @@
 """A failure costs seconds and loses nothing: checksummed checkpoints, failed starts that
 leave no trace, one ``error:`` line for every mistake, values checked against what they
 mean (issue #20)."""
+import asyncio
 import errno
+import gc
 import glob
 import math
 import os
@@ -9,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import chex
 import numpy as np
@@ -227,6 +231,106 @@ def test_a_full_disk_is_one_error_line_cleans_up_and_resumes(finished, digits_da
   chex.assert_trees_all_close(_latest_state(str(wd))[1], _latest_state(finished)[1],
                               rtol=1e-6, atol=1e-6)
 
+
+def test_writes_still_running_when_a_save_fails_end_before_it_returns(tmp_path, monkeypatch,
+                                                                      capfd):
+  """As orbax on a full disk, deterministically: a save's writes run as tasks of a fresh
+  event loop, closed when the first fails, while another still writes into the temporary
+  directory from a thread (tensorstore's). The save returns after that write ended, and
+  then removes what it wrote."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  late = threading.Event()  # set when the first write failed
+
+  def save(self, step, *args, **kwargs):
+    tmp = os.path.join(str(self.directory), f"{step}.orbax-checkpoint-tmp")
+
+    def slow_write():
+      late.wait(5)
+      time.sleep(0.2)  # still writing when the failure reaches the caller
+      os.makedirs(tmp, exist_ok=True)
+      with open(os.path.join(tmp, "late"), "wb") as f:
+        f.write(b"x")
+
+    async def full():
+      late.set()
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def slow():
+      await asyncio.get_running_loop().run_in_executor(None, slow_write)
+
+    async def writes():
+      await asyncio.gather(full(), slow())
+
+    loop = asyncio.new_event_loop()  # orbax's synchronous save, as in its asyncio_utils
+    try:
+      loop.run_until_complete(writes())
+    finally:
+      loop.close()
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path))
+  with pytest.raises(OSError, match="no space left on device while saving checkpoint"):
+    ckpts.save(1, {"w": np.zeros(3)}, {})
+  ckpts.close()
+  time.sleep(0.4)  # a write the save did not wait for lands now
+  assert os.listdir(tmp_path / "checkpoints") == []
+  assert "Event loop is closed" not in capfd.readouterr().err
+
+
+def _disk_usage(path):
+  """Bytes `path` takes on a tmpfs: every file and directory rounded up to 4 KiB pages."""
+  pages = lambda n: -(-n // 4096) * 4096  # noqa: E731
+  total = 0
+  for root, dirs, files in os.walk(path):
+    total += 4096 * len(dirs) + sum(pages(os.path.getsize(os.path.join(root, f)))
+                                    for f in files)
+  return total
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """``small_disk(bytes) -> path`` of an empty tmpfs of that size (skips where mounting
+  is not permitted: it needs root)."""
+  mounted = []
+
+  def mount(size):
+    path = tmp_path / f"disk{len(mounted)}"
+    path.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                          str(path)], capture_output=True, text=True, check=False)
+    if out.returncode:
+      pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()}): a real full disk "
+                  "needs root")
+    mounted.append(path)
+    return path
+
+  yield mount
+  for path in mounted:
+    subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.mark.parametrize("saves_that_fit", [0.5, 1.5])
+def test_a_full_disk_on_a_real_filesystem_ends_with_one_error_line(
+    saves_that_fit, finished, digits_data_dir, small_disk, capfd):
+  """A tmpfs with room for half a checkpoint (the first save fails) or one and a half (the
+  second, best/2, fails half-way): orbax's writes that were still running when one failed
+  end inside the save, so nothing is printed after the error line and no temporary
+  directory is left."""
+  size = int(saves_that_fit * _disk_usage(os.path.join(finished, "checkpoints", "8")))
+  wd = small_disk(size) / "run"
+  config = tiny_config(digits_data_dir, max_steps=2)
+  config.logging.checkpoint_every_steps = 1
+  code, err = run_main(config, wd, capfd)
+  gc.collect()  # asyncio reports a write's unretrieved error when its task is collected
+  err += capfd.readouterr().err
+  assert code == 1
+  failed = wd / ("checkpoints/1" if saves_that_fit < 1 else "best/2")
+  assert _last_line(err).startswith(
+      f"error: no space left on device while saving checkpoint {failed} "), err[-3000:]
+  assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
+  kept = {"checkpoints": ["1"] if saves_that_fit > 1 else [], "best": []}
+  assert {d: sorted(os.listdir(wd / d)) for d in kept} == kept
+  assert not glob.glob(str(wd / "**" / "*orbax-checkpoint-tmp*"), recursive=True)
 
 # 4. Values validated against what they mean.
 
