@@ -26,6 +26,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -95,6 +96,18 @@ def verify_digest(step_dir: str) -> None:
     if got[rel] != digest:
       raise CheckpointError(f"{os.path.join(step_dir, rel)} does not match its checksum "
                             f"in {DIGEST_FILE}: its content changed after it was saved")
+
+
+def _move_aside(directory: str, step: int) -> tuple[str, str]:
+  """Renames ``<directory>/<step>`` to ``<directory>/unreadable.<step>`` (a free name;
+  process 0 renames). Returns (old path, new path)."""
+  src = os.path.join(directory, str(step))
+  dst, n = os.path.join(directory, f"unreadable.{step}"), 1
+  while os.path.exists(dst):  # damaged twice at the same step: both kept
+    dst, n = os.path.join(directory, f"unreadable.{step}.{n}"), n + 1
+  if jax.process_index() == 0:
+    os.replace(src, dst)
+  return src, dst
 
 
 def remove_temporary(directory: str) -> list[str]:
@@ -245,41 +258,58 @@ class RunCheckpoints:
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     """(state, meta) of the newest readable checkpoint, or None for a fresh workdir.
 
-    An unreadable newer checkpoint (a crash mid-write on a filesystem without atomic
-    renames, a damaged disk, bytes that differ from their recorded digest) is moved aside to ``checkpoints/unreadable.<step>`` with a
-    warning naming it and the one resumed from; nothing is deleted.
+    Every kept checkpoint, ``best/`` included, is first checked against its digest. One
+    that cannot be used (bytes that differ from their digest: a damaged disk, a partial
+    copy; or, in ``checkpoints/``, one orbax cannot read: a crash mid-write on a
+    filesystem without atomic renames) is moved aside to ``<dir>/unreadable.<step>``
+    with a warning naming it; nothing is deleted. A best moved aside leaves the run
+    without one (`has_best`): its next evaluation saves a new best.
 
     Raises:
       CheckpointError: no checkpoint can be read into `abstract_state`; the message
-        names the newest one's path and error.
+        names the newest one's path and error (and nothing is moved).
     """
-    failures = []
+    failures, out = [], None
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
         verify_digest(os.path.join(str(self.latest.directory), str(step)))
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        if out is None:
+          out = step, self.latest.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              meta=ocp.args.JsonRestore()))
       except Exception as e:  # orbax raises many types; all mean "cannot resume from it"
         failures.append((step, e))
-        continue
-      for bad, e in failures:
-        src = os.path.join(str(self.latest.directory), str(bad))
-        dst = os.path.join(str(self.latest.directory), f"unreadable.{bad}")
-        if jax.process_index() == 0:
-          os.replace(src, dst)
-        logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s, resuming "
-                        "from step %d", src, type(e).__name__, e, dst, step)
-      if failures:
-        self.latest.reload()
-      return out["state"], dict(out["meta"])
-    if not failures:
+    if out is None and failures:
+      step, e = failures[0]
+      path = os.path.join(str(self.latest.directory), str(step))
+      raise CheckpointError(
+          f"cannot resume from checkpoint {path} (nor from any older one): "
+          f"{type(e).__name__}: {e}. It is corrupt or was written by a different "
+          "model/method config. Use another --workdir; nothing was deleted.") from None
+    damaged_best = []
+    for step in self.best.all_steps():
+      try:
+        verify_digest(os.path.join(str(self.best.directory), str(step)))
+      except CheckpointError as e:
+        damaged_best.append((step, e))
+    if (failures or damaged_best) and jax.process_count() > 1:
+      # Every process has read the files before process 0 moves any.
+      multihost_utils.sync_global_devices("afd_jax: checkpoints verified")
+    for bad, e in failures:
+      src, dst = _move_aside(str(self.latest.directory), bad)
+      logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s, resuming "
+                      "from step %d", src, type(e).__name__, e, dst, out[0])
+    for bad, e in damaged_best:
+      src, dst = _move_aside(str(self.best.directory), bad)
+      logging.warning("best checkpoint %s is damaged (%s); moved to %s", src, e, dst)
+    if failures or damaged_best:
+      if jax.process_count() > 1:  # and see them moved before listing the steps again
+        multihost_utils.sync_global_devices("afd_jax: checkpoints moved aside")
+      self.latest.reload()
+      self.best.reload()
+    if out is None:
       return None
-    step, e = failures[0]
-    path = os.path.join(str(self.latest.directory), str(step))
-    raise CheckpointError(
-        f"cannot resume from checkpoint {path} (nor from any older one): "
-        f"{type(e).__name__}: {e}. It is corrupt or was written by a different "
-        "model/method config. Use another --workdir; nothing was deleted.") from None
+    return out[1]["state"], dict(out[1]["meta"])
 
   def close(self) -> None:
     """Waits for pending writes and releases the managers."""
@@ -357,6 +387,36 @@ def _check_fit(variables: Any, abstract_variables: Any, step_dir: str,
     raise CheckpointError(
         f"teacher checkpoint {step_dir} does not fit model {model_name!r}: its parameter "
         "tree or shapes differ (was it trained with another model or number of classes?)")
+
+
+def damaged_checkpoints(workdir: str) -> list[str]:
+  """The step directories of ``<workdir>/checkpoints`` and ``<workdir>/best`` whose bytes
+  differ from their digest (read only: opening the run moves them aside)."""
+  out = []
+  for sub in ("checkpoints", "best"):
+    d = os.path.join(workdir, sub)
+    for step in sorted(s for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else ():
+      try:
+        verify_digest(os.path.join(d, step))
+      except CheckpointError:
+        out.append(os.path.join(d, step))
+  return out
+
+
+def has_best(workdir: str) -> bool:
+  """Whether ``<workdir>/best`` holds a checkpoint, without orbax."""
+  d = os.path.join(workdir, "best")
+  return os.path.isdir(d) and any(s.isdigit() for s in os.listdir(d))
+
+
+def best_meta(workdir: str) -> dict[str, Any] | None:
+  """The ``meta`` saved with ``<workdir>/best``'s checkpoint (None without one)."""
+  if not has_best(workdir):
+    return None
+  d = os.path.join(workdir, "best")
+  step = max(int(s) for s in os.listdir(d) if s.isdigit())
+  with open(os.path.join(d, str(step), "meta", "metadata"), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def latest_step(workdir: str) -> int:

@@ -396,7 +396,8 @@ def train_run(config: ml_collections.ConfigDict, workdir: str,
 
 def finished_result(config: ml_collections.ConfigDict, run_dir: str) -> dict | None:
   """The result of a run that `config` would not continue (same config, same
-  ``max_steps``), else None (then the run trains or resumes)."""
+  ``max_steps``, its checkpoints intact), else None (then the run trains or resumes, or
+  opens to move a damaged checkpoint aside and save a new best)."""
   paths = [os.path.join(run_dir, f) for f in (workdir_lib.RESULT_FILE,
                                                workdir_lib.CONFIG_FILE)]
   if not all(os.path.exists(p) for p in paths):
@@ -407,7 +408,13 @@ def finished_result(config: ml_collections.ConfigDict, run_dir: str) -> dict | N
       workdir_lib.differences(recorded, workdir_lib.resolved(config))):
     return None
   with open(paths[0], encoding="utf-8") as f:
-    return json.load(f)
+    result = json.load(f)
+  lost_best = (os.path.isdir(os.path.join(run_dir, "checkpoints"))  # not a group member
+               and not checkpointing.has_best(run_dir)
+               and max(result.get("best_top1", -1.0), result.get("best_miou", -1.0)) > -1.0)
+  if lost_best or checkpointing.damaged_checkpoints(run_dir):
+    return None
+  return result
 
 
 def _vmappable(path: str, value) -> bool:

@@ -168,6 +168,8 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     state, meta = restored
     logging.info("Resumed from step %s in %s", state.step, workdir)  # (S,): seeds
   meta = {"best_top1": -1.0, "train_seconds": 0.0, **meta}
+  if restored is not None:
+    _best_as_saved(meta, workdir)
   teacher_vars = None
   if nets.teacher is not None:
     if config.teacher.get("random_init"):
@@ -188,6 +190,36 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   return Run(config, workdir, mesh, dataset, steps_per_epoch, nets, ckpts, state, meta,
              teacher_vars, probe, predict, sampler=sampler, train_data=train_data,
              build=build)
+
+
+def _best_as_saved(meta: dict[str, Any], workdir: str) -> None:
+  """Sets `meta`'s best score to the one of the run's best checkpoint, or (none: moved
+  aside as damaged, or deleted) records that there is none, so that the next evaluation
+  saves one whatever its score."""
+  saved = checkpointing.best_meta(workdir)
+  for key in ("best_top1", "best_miou"):
+    if saved is not None and key in saved:
+      meta[key] = saved[key]
+    elif saved is None and meta.get(key, -1.0) > -1.0:
+      logging.warning("%s holds no checkpoint: the run's best %s %.2f is forgotten, and "
+                      "its next evaluation saves a new best", os.path.join(workdir, "best"),
+                      key[5:], meta[key])
+      meta[key] = -1.0
+
+
+def _best_from_final(run: Run, loop: "Loop") -> bool:
+  """For a finished run without a best checkpoint (`_best_as_saved`): saves its final state,
+  evaluated at that step, as the best. Returns whether it did."""
+  step, score = int(run.state.step), loop.evaluate.score
+  last = run.meta.get("last_eval", {})
+  if checkpointing.has_best(run.workdir) or last.get("step") != step or score not in last:
+    return False
+  run.meta[f"best_{score}"] = last[score]
+  run.ckpts.save_best(step, run.state, dict(run.meta, epoch=step / run.steps_per_epoch),
+                      last[score])
+  logging.warning("the final checkpoint (step %d, %s %.2f) is now the run's best", step,
+                  score, last[score])
+  return True
 
 
 def _build_networks(config, hparams=None, *, num_classes, steps_per_epoch, train_labels):
@@ -327,13 +359,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         parallel.state_sharding(run.mesh, run.state))
   window = metric_writer.TrainWindow(loop.writer, run.config.batch_size)
   try:
+    new_best = loop.start >= loop.stop and _best_from_final(run, loop)
     _, segment_start = run_steps(
         run, run.state, loop.start, loop.stop, dispatch, window,
         lambda state, step: _evaluate(run, state, step, loop.evaluate, loop.writer))
   finally:
     loop.writer.close()
     run.ckpts.close()
-  return _result(run, loop.stop, segment_start if loop.stop > loop.start else None)
+  return _result(run, loop.stop, segment_start if loop.stop > loop.start else None,
+                 rewrite=new_best)
 
 
 def dispatcher(run: Run, nets, seed: int, start: int, sharding) -> multi_step.Dispatcher:
@@ -414,8 +448,10 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
 PENDING_METRICS = "pending_train_metrics"  # Run.meta key: see run_steps
 
 
-def _result(run: Run, step: int, segment_start: float | None) -> dict[str, float]:
-  """The run's final metrics, written to result.json unless a rerun changed nothing."""
+def _result(run: Run, step: int, segment_start: float | None, rewrite: bool = False
+            ) -> dict[str, float]:
+  """The run's final metrics, written to result.json unless a rerun changed nothing (or
+  `rewrite`: it replaced the best checkpoint)."""
   meta = run.meta
   # As saved with the final checkpoint, so that a rerun reports the very same number.
   seconds = run.saved_seconds if segment_start else meta["train_seconds"]
@@ -428,6 +464,6 @@ def _result(run: Run, step: int, segment_start: float | None) -> dict[str, float
   if f"teacher_{score}" in meta:
     result[f"teacher_{score}"] = meta[f"teacher_{score}"]
   missing = not os.path.exists(os.path.join(run.workdir, workdir_lib.RESULT_FILE))
-  if parallel.is_chief() and (segment_start is not None or missing):
+  if parallel.is_chief() and (segment_start is not None or missing or rewrite):
     workdir_lib.write_result(run.workdir, result)
   return result

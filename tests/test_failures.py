@@ -5,9 +5,11 @@ import asyncio
 import errno
 import gc
 import glob
+import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import chex
 import numpy as np
 import pytest
 
-from afd_jax import (checkpointing, methods, metric_writer, models, train,
+from afd_jax import (checkpointing, methods, metric_writer, models, plan, train,
                      train_state, validation, workdir)
 from config_loading import distill, run_main, tiny_config
 
@@ -53,7 +55,6 @@ def finished(tiny_run):
 
 
 def _copy(src, dst):
-  import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(src, dst)
   return str(dst)
 
@@ -76,6 +77,63 @@ def test_random_bytes_in_a_checkpoint_are_detected_and_the_previous_one_is_used(
   moved = os.path.join(wd, "checkpoints", "unreadable.8")
   assert os.path.isfile(os.path.join(moved, rel))  # moved aside, never deleted
   chex.assert_trees_all_close(_latest_state(wd)[1], want, rtol=1e-6, atol=1e-6)
+
+
+def _best_steps(wd):
+  return sorted(s for s in os.listdir(os.path.join(wd, "best")) if s.isdigit())
+
+
+def _damage_best(wd):
+  """Scribbles over best/<step>'s largest file. Returns (step, the file relative to
+  best/<step>)."""
+  [step] = _best_steps(wd)
+  damaged = _largest_file(os.path.join(wd, "best", step))
+  _scribble(damaged)
+  return step, os.path.relpath(damaged, os.path.join(wd, "best", step))
+
+
+def test_a_finished_run_rerun_moves_a_damaged_best_aside_and_saves_a_new_one(
+    finished, digits_data_dir, tmp_path, caplog):
+  """The same command again (alone, or in a plan that skips finished runs): the best is
+  checked, moved aside with a warning, and the final checkpoint (evaluated at its step)
+  becomes the best, which result.json then reports."""
+  wd = _copy(finished, tmp_path / "run")
+  config = tiny_config(digits_data_dir)
+  with open(os.path.join(wd, workdir.CONFIG_FILE)) as f:
+    config.data.pipeline = json.load(f)["data"]["pipeline"]  # as the plan resolves it
+  assert plan.finished_result(config, wd) is not None
+  step, rel = _damage_best(wd)
+  assert plan.finished_result(config, wd) is None  # a plan's rerun opens it too
+  result = train.train_and_evaluate(config, wd)
+  moved = os.path.join(wd, "best", f"unreadable.{step}")
+  assert os.path.isfile(os.path.join(moved, rel))  # moved aside, never deleted
+  assert (f"best checkpoint {wd}/best/{step} is damaged ({wd}/best/{step}/{rel} does not "
+          f"match its checksum") in caplog.text and f"moved to {moved}" in caplog.text
+  assert _best_steps(wd) == ["8"]
+  checkpointing.verify_digest(os.path.join(wd, "best", "8"))
+  assert result["best_top1"] == result["top1"]
+  with open(os.path.join(wd, workdir.RESULT_FILE)) as f:
+    assert json.load(f) == result
+  assert plan.finished_result(config, wd) == result
+  assert train.train_and_evaluate(config, wd) == result  # and once more: nothing to do
+  shutil.rmtree(os.path.join(wd, "best", "8"))  # deleted: the same
+  assert plan.finished_result(config, wd) is None
+  assert train.train_and_evaluate(config, wd) == result and _best_steps(wd) == ["8"]
+
+
+def test_a_resumed_run_moves_a_damaged_best_aside_and_its_next_evaluation_saves_one(
+    finished, digits_data_dir, tmp_path, caplog):
+  wd = _copy(finished, tmp_path / "run")
+  shutil.rmtree(os.path.join(wd, "checkpoints", "8"))  # as if stopped after step 4
+  os.remove(os.path.join(wd, workdir.RESULT_FILE))
+  step, _ = _damage_best(wd)
+  result = train.train_and_evaluate(tiny_config(digits_data_dir), wd)
+  assert f"best checkpoint {wd}/best/{step} is damaged" in caplog.text
+  assert os.path.isdir(os.path.join(wd, "best", f"unreadable.{step}"))
+  assert _best_steps(wd) == ["8"]  # whatever its score: the run had no best any more
+  assert result["best_top1"] == result["top1"]
+  chex.assert_trees_all_close(_latest_state(wd)[1], _latest_state(finished)[1],
+                              rtol=1e-6, atol=1e-6)
 
 
 def test_a_teacher_whose_bytes_changed_is_refused_before_the_workdir_is_claimed(
