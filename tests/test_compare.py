@@ -6,6 +6,8 @@ import os
 
 from matplotlib.container import ErrorbarContainer
 import numpy as np
+import pytest
+from scipy import stats
 
 from afd_jax import compare
 from afd_jax.analysis import comparison
@@ -52,8 +54,11 @@ def test_table_mean_std_paper_numbers_and_na_rows():
   assert list(rows) == ["teacher", "none (student alone)", "kd", "at", "fsp"]
   kd, none = r["pairs"][0]["runs"]["kd"], r["pairs"][0]["runs"]["none"]
   # | method | model | top-1 | best | Δ vs none | seeds | paper |
+  se = np.sqrt(np.var(kd["top1"], ddof=1) / 3 + np.var(none["top1"], ddof=1) / 3)
   assert rows["kd"][1:6] == ["wrn_16_2", _pm(kd["top1"]), _pm(kd["best_top1"]),
-                             f"{np.mean(kd['top1']) - np.mean(none['top1']):+.2f}", "3"]
+                             f"{np.mean(kd['top1']) - np.mean(none['top1']):+.2f} ± "
+                             f"{se:.2f} *", "3"]
+  assert rows["at"][4] == f"{74.1 - np.mean(none['top1']):+.2f}"  # one seed: not tested
   assert rows["none (student alone)"][2] == _pm(none["top1"])
   assert rows["teacher"][2:4] == ["75.10", "75.40"] and rows["teacher"][5] == "1"
   assert rows["at"][2] == "74.10" and rows["at"][5] == "1"  # one seed: no ± 0.00
@@ -67,6 +72,32 @@ def test_table_mean_std_paper_numbers_and_na_rows():
   reason = PAIRING_ERROR.splitlines()[0].replace("|", "\\|")  # escaped in a table cell
   assert rows["fsp"][2] == f"n/a ({reason})"
   assert rows["fsp"][3:6] == ["–", "–", "0"]
+
+
+@pytest.mark.parametrize("a,b", [
+    ([74.8, 75.2, 74.5], [73.0, 73.4, 72.9]),        # clearly apart
+    ([93.1, 95.0, 91.2, 94.4], [92.0, 96.5, 90.1]),  # inside the spread, unequal n
+    ([80.0, 80.0, 80.0], [79.0, 81.0, 80.5])])       # one side without variance
+def test_welch_matches_scipy(a, b):
+  diff, se, p = comparison.welch(a, b)
+  expected = stats.ttest_ind(a, b, equal_var=False)
+  np.testing.assert_allclose(p, expected.pvalue, rtol=1e-10)
+  np.testing.assert_allclose(diff / se, expected.statistic, rtol=1e-10)
+  np.testing.assert_allclose(diff, np.mean(a) - np.mean(b))
+
+
+def test_delta_marks_only_differences_beyond_the_seed_spread():
+  r = _results()
+  runs = r["pairs"][0]["runs"]
+  runs["kd"] = _run("wrn_16_2", [74.1, 72.0, 73.9])  # +0.23 inside a spread of ~1
+  rows = {row.method: row for row in comparison.summarize("cifar100", r["pairs"][0])}
+  assert not rows["kd"].significant and rows["kd"].p_value > 0.5
+  cells = _cells(comparison.pair_table("cifar100", r["pairs"][0]))
+  assert cells["kd"][4].endswith(f"± {rows['kd'].delta_se:.2f}")  # no mark
+  assert rows["teacher"].p_value is None and cells["teacher"][4] == f"{75.1 - 73.1:+.2f}"
+  assert "Welch" in comparison.markdown(r)  # the rule is stated in the caption
+  with pytest.raises(ValueError, match="two or more values per side; got 1 and 3"):
+    comparison.welch([1.0], [1.0, 2.0, 3.0])
 
 
 def test_markdown_and_json_without_published_numbers():

@@ -26,12 +26,16 @@ from typing import Any, Callable, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
+from scipy import stats
 
 TEACHER, BASELINE = "teacher", "none"
 DASH = "–"
 # ``paper(dataset, method, model, teacher) -> (top-1, source) | None``.
 PaperLookup = Callable[[str, str, str, str | None], tuple[float, str] | None]
 REASON_CHARS = 120  # a failed row's reason in the table; the JSON keeps all of it
+# A row's difference to the student alone is marked when Welch's t-test gives p below this.
+SIGNIFICANCE = 0.05
+MARK = "*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,9 @@ class Row:
     best, best_std: the same for the best top-1 over evaluations (None if unknown).
     paper: (published top-1, source) or None.
     error: why the method could not run the pair, or None.
+    delta, delta_se, p_value: the mean top-1 minus the student alone's, its standard
+      error and Welch's two-sided p (None where a side has fewer than two seeds; the
+      teacher's row has only `delta`).
   """
   method: str
   model: str
@@ -56,12 +63,42 @@ class Row:
   best_std: float | None = None
   paper: tuple[float, str] | None = None
   error: str | None = None
+  delta: float | None = None
+  delta_se: float | None = None
+  p_value: float | None = None
+
+  @property
+  def significant(self) -> bool:
+    """Its difference to the student alone passes Welch's t-test at `SIGNIFICANCE`."""
+    return self.p_value is not None and self.p_value < SIGNIFICANCE
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   """(mean, sample standard deviation with ddof 1; 0 for a single value)."""
   values = np.asarray(values, np.float64)
   return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+  """Welch's unequal-variance t-test of mean(a) - mean(b), two-sided.
+
+  Returns:
+    (difference of the means, its standard error sqrt(s_a²/n_a + s_b²/n_b), p). With
+    both variances zero the test is degenerate: p is 0 for a nonzero difference, else 1.
+
+  Raises:
+    ValueError: a side with fewer than two values (no variance to test against).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.size < 2 or b.size < 2:
+    raise ValueError(f"Welch's t-test needs two or more values per side; got {a.size} "
+                     f"and {b.size}")
+  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+  diff, se = float(a.mean() - b.mean()), float(np.sqrt(va + vb))
+  if se == 0.0:
+    return diff, 0.0, 0.0 if diff != 0.0 else 1.0
+  dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+  return diff, se, float(2 * stats.t.sf(abs(diff) / se, dof))
 
 
 def pair_name(teacher: str, student: str) -> str:
@@ -73,6 +110,8 @@ def summarize(dataset: str, pair: dict[str, Any],
               paper: PaperLookup | None = None) -> list[Row]:
   """The rows of one pair (see the module docstring for `pair`), in run order."""
   rows = []
+  alone = pair["runs"].get(BASELINE, {})
+  base = None if alone.get("error") or not alone.get("top1") else alone["top1"]
   for method, run in pair["runs"].items():
     published = None
     if paper is not None:
@@ -86,8 +125,14 @@ def summarize(dataset: str, pair: dict[str, Any],
     top1, top1_std = mean_std(run["top1"])
     best = [b for b in run.get("best_top1", ()) if b is not None]
     best, best_std = mean_std(best) if best else (None, None)
+    delta = se = p = None
+    if base is not None and method != BASELINE:
+      if len(run["top1"]) > 1 and len(base) > 1:
+        delta, se, p = welch(run["top1"], base)
+      else:
+        delta = top1 - float(np.mean(base))
     rows.append(Row(method, run["model"], len(run["top1"]), top1, top1_std, best,
-                    best_std, published))
+                    best_std, published, delta=delta, delta_se=se, p_value=p))
   return rows
 
 
@@ -106,6 +151,16 @@ def _reason(error: str) -> str:
   return text.replace("|", "\\|")
 
 
+def format_delta(row: Row) -> str:
+  """``'+2.40 ± 0.81 *'`` (± the standard error; * where Welch's p < `SIGNIFICANCE`),
+  ``'+4.44'`` without seeds to test, ``'–'`` without a baseline."""
+  if row.delta is None:
+    return DASH
+  if row.delta_se is None:
+    return f"{row.delta:+.2f}"
+  return f"{row.delta:+.2f} ± {row.delta_se:.2f}" + (f" {MARK}" if row.significant else "")
+
+
 def _label(method: str) -> str:
   return {TEACHER: "teacher", BASELINE: "none (student alone)"}.get(method, method)
 
@@ -116,11 +171,11 @@ SCORE_LABELS = {"top1": "top-1", "miou": "mIoU"}
 def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = None,
                score: str = "top1") -> str:
   """One pair's Markdown table: method, model, score and best score (mean ± std over
-  seeds), the change of the mean score against the student alone, seeds, paper number.
+  seeds), the change of the mean score against the student alone (± its standard error,
+  marked where Welch's t-test finds it, `format_delta`), seeds, paper number.
   `score`: ``'top1'`` or ``'miou'`` (the runs' values are under ``top1``/``best_top1``
   either way)."""
   rows = summarize(dataset, pair, paper)
-  base = next((r.top1 for r in rows if r.method == BASELINE and r.error is None), None)
   name = SCORE_LABELS[score]
   lines = [f"| method | model | {name} (%) | best {name} (%) | Δ vs none | seeds | "
            f"paper {name} (%) |", "|---|---|---|---|---|---|---|"]
@@ -129,10 +184,8 @@ def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = N
     if r.error is not None:
       cells = [f"n/a ({_reason(r.error)})", DASH, DASH, "0"]
     else:
-      delta = (DASH if base is None or r.method == BASELINE
-               else f"{r.top1 - base:+.2f}")
       cells = [format_mean_std(r.top1, r.top1_std, r.n),
-               format_mean_std(r.best, r.best_std, r.n), delta, str(r.n)]
+               format_mean_std(r.best, r.best_std, r.n), format_delta(r), str(r.n)]
     lines.append(f"| {_label(r.method)} | {r.model} | " + " | ".join(cells) +
                  f" | {published} |")
   return "\n".join(lines)
@@ -143,8 +196,12 @@ def markdown(results: dict[str, Any], paper: PaperLookup | None = None) -> str:
   dataset, score = results["dataset"], results.get("score", "top1")
   parts = [f"## Comparison on {dataset}", "",
            f"{SCORE_LABELS[score]}: the final evaluation of each run; best: the best "
-           "evaluation during training; mean ± std (ddof 1) over seeds. Paper: the "
-           "published number (configs/pairs.py), – where none."]
+           "evaluation during training; mean ± std (ddof 1) over seeds. Δ vs none: the "
+           "mean's difference to the student alone ± its standard error; "
+           f"{MARK} where Welch's two-sided t-test over the seeds gives p < "
+           f"{SIGNIFICANCE:g} (a difference larger than the seeds' spread; none is "
+           "tested with fewer than two seeds a side). Paper: the published number "
+           "(configs/pairs.py), – where none."]
   for pair in results["pairs"]:
     parts += ["", f"### {pair_title(pair)}", "", pair_table(dataset, pair, paper, score)]
   return "\n".join(parts) + "\n"
