@@ -14,8 +14,10 @@ own workdir under ``--workdir``, and a results table is printed and written ther
 ``--config.vmap_seeds=True`` trains runs differing only in seed or numeric
 hyperparameters as one vmapped program (`afd_jax.group`).
 
-Several processes (TPU pod slices, SLURM): ``jax.distributed.initialize()`` is called when
-the environment shows several processes, or always with ``--distributed=on``.
+Several processes: ``jax.distributed.initialize()`` is called when the environment shows
+several processes (SLURM, Open MPI, TPU pod slices), when ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` are given (or ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), or always with ``--distributed=on``.
 
 Every mistake (an unknown config field or file, a value out of range, a missing dataset or
 teacher, an unwritable workdir, a full disk) ends with one ``error: ...`` line on stderr,
@@ -46,6 +48,15 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "Call jax.distributed.initialize(): when the environment shows several processes "
     "(auto), always (on) or never (off).")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 in a multi-process run launched by hand (ssh, Kubernetes), "
+    "with --num_processes and --process_id; else JAX_COORDINATOR_ADDRESS. Not needed "
+    "under SLURM, Open MPI or on a TPU pod.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes of that run (else JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's id in 0..num_processes-1 (else JAX_PROCESS_ID).")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False,
                                   "Print the resolved config and exit without training.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
@@ -229,8 +240,9 @@ def _main(argv):
     return
   if not _WORKDIR.value:
     fail("--workdir is required: the directory of the run's checkpoints and logs")
-  parallel.maybe_initialize_distributed(_DISTRIBUTED.value)
   try:
+    parallel.maybe_initialize_distributed(_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value,
+                                          _NUM_PROCESSES.value, _PROCESS_ID.value)
     the_plan = plan.from_config(config, _SWEEPS)
     result = plan.run_plan(the_plan, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
     if the_plan.single and parallel.is_chief():

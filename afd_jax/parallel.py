@@ -19,32 +19,91 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-# Variables that mean "this process is one of several": the launchers JAX's
-# `jax.distributed.initialize()` detects by itself (SLURM, Open MPI, TPU pods), or an
-# explicit coordinator.
-_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                     "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+# Launchers that tell `jax.distributed.initialize()` the coordinator, the process count and
+# this process's id by themselves (SLURM, Open MPI, TPU pods).
+_LAUNCHER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
+                 "MEGASCALE_COORDINATOR_ADDRESS")
+# An explicit launch (by hand, ssh, Kubernetes): each value from its flag, else its
+# variable (jax itself reads only the first of them).
+_EXPLICIT = (("coordinator_address", "JAX_COORDINATOR_ADDRESS"),
+             ("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
 
 
-def maybe_initialize_distributed(mode: str = "auto") -> bool:
-  """Calls `jax.distributed.initialize()` when asked to, or (``'auto'``) when the
-  environment shows several processes. Returns whether it did.
+def _launcher_detected() -> bool:
+  def several(var):
+    value = os.environ.get(var, "")
+    return "," in value if var == "TPU_WORKER_HOSTNAMES" else (
+        value not in ("", "1") if var.endswith(("NTASKS", "SIZE")) else bool(value))
+  return any(several(v) for v in _LAUNCHER_ENV)
+
+
+def explicit_launch(coordinator_address: str | None = None,
+                    num_processes: int | None = None,
+                    process_id: int | None = None) -> dict[str, Any]:
+  """The explicit launch's arguments for `jax.distributed.initialize`: each from its
+  argument (a flag), else its environment variable (`_EXPLICIT`); ``{}`` when none is
+  given.
+
+  Raises:
+    ValueError: only some are given and no launcher (SLURM, Open MPI, TPU pod) supplies
+      the others, or a count or id out of range; the message names them.
+  """
+  given, named = {}, {}
+  for (name, var), value in zip(_EXPLICIT, (coordinator_address, num_processes,
+                                            process_id)):
+    if value is None and os.environ.get(var):
+      value, named[name] = os.environ[var], var
+    elif value is not None:
+      named[name] = f"--{name}"
+    if value is not None:
+      given[name] = value
+  for name, least in (("num_processes", 1), ("process_id", 0)):
+    if name in given:
+      try:
+        given[name] = int(given[name])
+      except ValueError:
+        given[name] = None
+      if given[name] is None or given[name] < least:
+        raise ValueError(f"{named[name]}={os.environ.get(named[name], given[name])!r}; "
+                         f"accepted: an integer >= {least}")
+  if given and len(given) < len(_EXPLICIT) and not _launcher_detected():
+    missing = [n for n, _ in _EXPLICIT if n not in given]
+    raise ValueError(
+        f"{', '.join(f'{named[n]}={given[n]}' for n in given)} given without "
+        f"{' and '.join(f'--{n}' for n in missing)}; accepted: all three of "
+        "--coordinator_address (host:port of process 0), --num_processes and "
+        "--process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or "
+        "none under SLURM, Open MPI or a TPU pod, which supply them")
+  n, i = given.get("num_processes"), given.get("process_id")
+  if n is not None and i is not None and i >= n:
+    raise ValueError(f"{named['process_id']}={i} with {named['num_processes']}={n}; "
+                     f"accepted: 0..{n - 1} (one id per process)")
+  return given
+
+
+def maybe_initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+  """Calls `jax.distributed.initialize()` when asked to, or (``'auto'``) when this is one
+  of several processes: an explicit launch (`explicit_launch`: the three arguments or
+  their environment variables) or a launcher jax detects (SLURM, Open MPI, TPU pods).
+  Returns whether it did.
 
   Args:
-    mode: ``'auto'``, ``'on'`` or ``'off'``.
+    mode: ``'auto'``, ``'on'`` or ``'off'`` (never, whatever else is set).
+    coordinator_address, num_processes, process_id: an explicit launch's flags.
+
+  Raises:
+    ValueError: an unknown `mode`, or an incomplete or invalid explicit launch.
   """
   if mode not in ("auto", "on", "off"):
     raise ValueError(f"--distributed={mode!r}; accepted: auto, on, off")
   if mode == "off":
     return False
-  if mode == "auto":
-    def several(var):
-      value = os.environ.get(var, "")
-      return "," in value if var == "TPU_WORKER_HOSTNAMES" else (
-          value not in ("", "1") if var.endswith(("NTASKS", "SIZE")) else bool(value))
-    if not any(several(v) for v in _MULTIPROCESS_ENV):
-      return False
-  jax.distributed.initialize()
+  explicit = explicit_launch(coordinator_address, num_processes, process_id)
+  if mode == "auto" and not explicit and not _launcher_detected():
+    return False
+  jax.distributed.initialize(**explicit)
   logging.info("jax.distributed: process %d of %d", jax.process_index(),
                jax.process_count())
   return True
