@@ -15,7 +15,9 @@ The stacked state is one orbax checkpoint in the group's own workdir (resumes as
 ``best/`` holds the best *mean* score). At eval times each member is evaluated in turn
 (one compiled eval step for all). ``metrics.jsonl`` rows hold ``<member>/train/...`` and
 ``<member>/eval/...`` per member, ``eval/<metric>`` their mean and ``eval/<metric>_std``.
-The method's eval analyses (e.g. AFD's link heatmap) are not run. When the group
+The method's eval analyses (e.g. AFD's link heatmap) run for each member as in its own
+run, writing into the member's workdir (``links.png``) and under ``<member>/`` in the
+group's TensorBoard log. When the group
 finishes, each member's own workdir gets its ``config.json`` and ``result.json``, as if
 it had run alone, so that a plan skips it like any finished run.
 """
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from afd_jax import (methods, metric_writer, models, multi_step, parallel,
+from afd_jax import (analysis, methods, metric_writer, models, multi_step, parallel,
                      seeds as seeds_lib, steps, train, train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import comparison
@@ -134,6 +136,38 @@ class _Gather:
     self.into.update({self.prefix + k: float(v) for k, v in values.items()})
 
 
+class _MemberWriter:
+  """The group's writer as one member's analyses see it: every name under ``<member>/``."""
+
+  def __init__(self, writer, name: str):
+    self.writer, self.prefix = writer, f"{name}/"
+
+  def write_scalars(self, step: int, values) -> None:
+    self.writer.write_scalars(step, {self.prefix + k: v for k, v in values.items()})
+
+  def write_images(self, step: int, images) -> None:
+    self.writer.write_images(step, {self.prefix + k: v for k, v in images.items()})
+
+
+def _member_analyses(run: train.Run, state, step: int, member: Member, evaluate,
+                     writer) -> None:
+  """The method's eval hooks (e.g. AFD's link heatmap) on one member's unstacked state."""
+  hooks = run.nets.distiller.eval_hooks
+  if not hooks:
+    return
+  if parallel.is_chief():
+    os.makedirs(member.workdir, exist_ok=True)
+  ctx = analysis.AnalysisContext(
+      step=step, epoch=step // run.steps_per_epoch, workdir=member.workdir,
+      config=member.config, distiller=run.nets.distiller,
+      writer=_MemberWriter(writer, member.name),
+      method_intermediates=lambda: run.probe(state, evaluate.first_batch(),
+                                             run.teacher_vars),
+      is_chief=parallel.is_chief())
+  for hook in hooks:
+    hook(ctx)
+
+
 class _TrainLog:
   """Train metrics of every member, fetched once per log; each member through its own
   `metric_writer.TrainWindow` (its divergence check), one row: per member and mean."""
@@ -163,8 +197,9 @@ def _evaluate(run: train.Run, states, step: int, members, evaluate, writer) -> N
   """Evaluates each member's student; keeps per-member bests and the best mean checkpoint."""
   score, row, per = evaluate.score, {}, {}
   for k, m in enumerate(members):
-    per[m.name] = evaluate(run.nets.student,
-                           train_state.student_variables(seeds_lib.unstack(states, k)))
+    state = seeds_lib.unstack(states, k)
+    per[m.name] = evaluate(run.nets.student, train_state.student_variables(state))
+    _member_analyses(run, state, step, m, evaluate, writer)
     row.update({f"{m.name}/eval/{key}": v for key, v in per[m.name].items()})
   for key in per[members[0].name]:
     v = [r[key] for r in per.values()]

@@ -184,6 +184,10 @@ def test_group_metrics_per_member(sweep):
   assert [r["step"] for r in train_rows] == [2, 4]
   for r in train_rows:
     assert r["train/loss"] == pytest.approx(np.mean([r[f"{n}/train/loss"] for n in names]))
+  # AFD's link heatmap, drawn for each member into its own workdir as its own run draws it.
+  for n in names:
+    with open(os.path.join(sweep["root"], n, "links.png"), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_untraceable_fields_split_the_group(digits_data_dir):
