@@ -353,3 +353,39 @@ def test_init_from_checkpoint_errors_name_the_keys():
   with pytest.raises(interop.TorchCheckpointError, match=r"fills no tensor.*'fc\.weight'"):
     interop.init_from_checkpoint(name, before, {"fc.weight": np.zeros((3, 3))},
                                  NUM_CLASSES)
+
+
+# The CPU-sized DeepLabV3+ of the offline quickstart: (params, of which ASPP + decoder)
+# at 21 classes, and the sown features' (H, W, C) at a 64 x 64 input (OS16).
+TINY = {
+    "deeplabv3p_tiny_resnet18": (1_630_101, {"stage1.out": (16, 16, 32),
+                                             "stage2.out": (8, 8, 64),
+                                             "stage3.out": (4, 4, 128),
+                                             "stage4.out": (4, 4, 128)}),
+    "deeplabv3p_tiny_resnet10": (376_261, {"stage1.out": (16, 16, 16),
+                                           "stage2.out": (8, 8, 32),
+                                           "stage3.out": (4, 4, 64),
+                                           "stage4.out": (4, 4, 64)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_deeplabs_sow_the_release_features_at_os16(name):
+  total, stages = TINY[name]
+  model = models.get_model(name, NUM_CLASSES)
+  assert models.is_segmentation(name)
+
+  def init_and_extract(x):
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits, state = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                mutable=["batch_stats", "intermediates"])
+    return variables["params"], logits, state["intermediates"]
+
+  params, logits, feats = jax.eval_shape(init_and_extract, jnp.zeros((2, 64, 64, 3)))
+  assert logits.shape == (2, 64, 64, NUM_CLASSES) and logits.dtype == jnp.float32
+  shapes = {k: v[0].shape[1:] for k, v in feats.items()}
+  # Teacher and student share the head (64 channels), so FitNet-style pairs match.
+  assert shapes == {**stages, "aspp": (4, 4, 64), "decoder": (16, 16, 64)}
+  assert set(feats) == set(deeplab.FEATURE_NAMES)
+  assert _count(params) == total
+  assert set(params) == {"backbone", "aspp_head", "decoder_head"}

@@ -21,6 +21,8 @@ Segmentation (``is_segmentation(name)``): ``deeplabv3p_resnet101`` (teacher),
 ``deeplabv3p_resnet18``, ``deeplabv3p_mobilenetv2`` (`deeplab.py`, the TaT segmentation
 release's DeepLabV3+ at output stride 16) map (B, H, W, 3) to per-pixel float32 logits
 (B, H, W, num_classes) and sow ``stage1..4.out``, ``aspp``, ``decoder``;
+``deeplabv3p_tiny_resnet18``, ``deeplabv3p_tiny_resnet10``: CPU-sized ones (a narrow ResNet
+at output stride 16, a 64-channel head) for small canvases such as `digits_seg`'s;
 `deeplab.head_param_filter` splits their params into backbone (1x lr) and ASPP + decoder
 (10x lr).
 """
@@ -64,9 +66,12 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3p_resnet101": _p(deeplab.deeplabv3p, "resnet101"),
     "deeplabv3p_resnet18": _p(deeplab.deeplabv3p, "resnet18"),
     "deeplabv3p_mobilenetv2": _p(deeplab.deeplabv3p, "mobilenetv2"),
+    "deeplabv3p_tiny_resnet18": _p(deeplab.deeplabv3p, "tiny_resnet18"),
+    "deeplabv3p_tiny_resnet10": _p(deeplab.deeplabv3p, "tiny_resnet10"),
 }
 _SEGMENTATION = frozenset(("deeplabv3p_resnet101", "deeplabv3p_resnet18",
-                           "deeplabv3p_mobilenetv2"))
+                           "deeplabv3p_mobilenetv2", "deeplabv3p_tiny_resnet18",
+                           "deeplabv3p_tiny_resnet10"))
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 

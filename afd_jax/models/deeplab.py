@@ -52,6 +52,7 @@ at 10x (``get_1x_lr_params``/``get_10x_lr_params``); `head_param_filter` tells t
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -68,7 +69,21 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet101": bb.resnet101_backbone,
     "resnet18": bb.resnet18_backbone,
     "mobilenetv2": bb.MobileNetBackbone,
+    # CPU-sized, for small canvases (`digits_seg`): see `HEADS`.
+    "tiny_resnet18": functools.partial(bb.TinyResNetBackbone, (32, 64, 128, 128), 2),
+    "tiny_resnet10": functools.partial(bb.TinyResNetBackbone, (16, 32, 64, 64), 1),
 }
+# The CPU-sized DeepLabV3+ for small canvases (the offline `digits_seg`): a narrow
+# ResNet at the release's output stride 16 (`deeplab_backbones.TinyResNetBackbone`; on a
+# 64 x 64 canvas ``high`` is 4 x 4 and ``low`` / the decoder map 16 x 16), ASPP and decoder
+# at 64 channels (low-level projection 16; the release: 256, 48) and ASPP rates 1/2/3 (the
+# release's 6/12/18 on its 33 x 33 map at crop 513; on a 4 x 4 map they would see only
+# zero padding beyond the centre tap). Teacher and student share the head's width, as
+# the release's DeepLabs do (256), so the features FitNet-style methods match agree.
+_TINY_HEAD = {"aspp": {"width": 64, "dilations": (1, 2, 3)},
+              "decoder": {"width": 64, "low_width": 16}}
+HEADS: dict[str, dict[str, dict[str, Any]]] = {"tiny_resnet18": _TINY_HEAD,
+                                               "tiny_resnet10": _TINY_HEAD}
 # The parts of the params tree the release trains at 10x the base learning rate.
 # (Not ``aspp``/``decoder``: Flax forbids a submodule named like a sown feature.)
 HEAD_MODULES = ("aspp_head", "decoder_head")
@@ -134,29 +149,33 @@ class ASPP(nn.Module):
 
   Attributes:
     dtype: computation dtype.
+    width: every branch's and the output's channels (the release: 256).
+    dilations: the three 3x3 branches' rates (the release: 6, 12, 18).
   """
   dtype: Dtype = jnp.float32
+  width: int = _ASPP_WIDTH
+  dilations: tuple[int, ...] = _ASPP_DILATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, dropout: bool
                ) -> tuple[jax.Array, jax.Array]:
-    """Maps ``high`` (B, h, w, C) to ``(feat, out)``, both (B, h, w, 256).
+    """Maps ``high`` (B, h, w, C) to ``(feat, out)``, both (B, h, w, width).
 
     ``feat``: the fusing BN's output, before ReLU; ``out``: relu(feat), then dropout 0.5
     if ``dropout`` (and train).
     """
-    branches = [ConvBNReLU(_ASPP_WIDTH, 1, dtype=self.dtype, name="aspp1")(x, train)]
-    for i, rate in enumerate(_ASPP_DILATIONS, 2):
-      branches.append(ConvBNReLU(_ASPP_WIDTH, 3, rate, dtype=self.dtype,
+    branches = [ConvBNReLU(self.width, 1, dtype=self.dtype, name="aspp1")(x, train)]
+    for i, rate in enumerate(self.dilations, 2):
+      branches.append(ConvBNReLU(self.width, 3, rate, dtype=self.dtype,
                                  name=f"aspp{i}")(x, train))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-    pooled = bb.conv(_ASPP_WIDTH, 1, kernel_init=bb.kaiming_fan_in, dtype=self.dtype,
+    pooled = bb.conv(self.width, 1, kernel_init=bb.kaiming_fan_in, dtype=self.dtype,
                      name="pool_conv")(pooled)
     pooled = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="pool_bn")(pooled))
     # align_corners resize of a 1 x 1 map = broadcast.
     branches.append(jnp.broadcast_to(pooled, branches[0].shape))
     y = jnp.concatenate(branches, axis=-1)
-    y = bb.conv(_ASPP_WIDTH, 1, kernel_init=bb.kaiming_fan_in, dtype=self.dtype,
+    y = bb.conv(self.width, 1, kernel_init=bb.kaiming_fan_in, dtype=self.dtype,
                 name="conv1")(y)
     feat = layers.batch_norm(train, dtype=self.dtype, name="bn1")(y)
     out = nn.relu(feat)
@@ -178,16 +197,20 @@ class Decoder(nn.Module):
   Attributes:
     num_classes: classifier outputs.
     dtype: computation dtype.
+    width: the fusion convs' channels (the release: 256).
+    low_width: the low-level projection's channels (the release: 48).
   """
   num_classes: int
   dtype: Dtype = jnp.float32
+  width: int = 256
+  low_width: int = 48
 
   @nn.compact
   def __call__(self, x: jax.Array, low: jax.Array, train: bool
                ) -> tuple[jax.Array, jax.Array]:
-    """Maps ASPP's (B, h, w, 256) and ``low`` (B, H, W, C_low) to ``(feat, logits)``.
+    """Maps ASPP's (B, h, w, C) and ``low`` (B, H, W, C_low) to ``(feat, logits)``.
 
-    ``feat`` (B, H, W, 256): output of the second fusion conv's BN, before ReLU;
+    ``feat`` (B, H, W, width): output of the second fusion conv's BN, before ReLU;
     ``logits`` (B, H, W, num_classes) at ``low``'s resolution, in the compute dtype.
     """
     def conv_bn(y, features, k, conv_name, bn_name):
@@ -195,12 +218,12 @@ class Decoder(nn.Module):
                   name=conv_name)(y)
       return layers.batch_norm(train, dtype=self.dtype, name=bn_name)(y)
 
-    low = nn.relu(conv_bn(low, 48, 1, "conv1", "bn1"))
+    low = nn.relu(conv_bn(low, self.low_width, 1, "conv1", "bn1"))
     x = resize_bilinear_align_corners(x, low.shape[1:3])
     y = jnp.concatenate([x, low], axis=-1)
-    y = nn.relu(conv_bn(y, 256, 3, "last_conv1", "last_bn1"))
+    y = nn.relu(conv_bn(y, self.width, 3, "last_conv1", "last_bn1"))
     y = nn.Dropout(0.5, deterministic=not train)(y)
-    feat = conv_bn(y, 256, 3, "last_conv2", "last_bn2")
+    feat = conv_bn(y, self.width, 3, "last_conv2", "last_bn2")
     y = nn.Dropout(0.1, deterministic=not train)(nn.relu(feat))
     logits = bb.conv(self.num_classes, 1, use_bias=True, kernel_init=bb.kaiming_fan_in,
                      bias_init=_torch_default_bias(feat.shape[-1]), dtype=self.dtype,
@@ -212,7 +235,7 @@ class DeepLabV3Plus(nn.Module):
   """DeepLabV3+ (OS16) of the TaT-seg release; see the module docstring.
 
   Attributes:
-    backbone: ``'resnet101'``, ``'resnet18'`` or ``'mobilenetv2'``.
+    backbone: a key of `BACKBONES`.
     num_classes: classes per pixel.
     dtype: computation dtype (parameters float32, logits float32).
   """
@@ -230,10 +253,11 @@ class DeepLabV3Plus(nn.Module):
     extract = self.is_mutable_collection("intermediates")
     feats, high, low = BACKBONES[self.backbone](dtype=self.dtype, name="backbone")(
         x, train, taps=extract)
-    aspp_feat, y = ASPP(dtype=self.dtype, name="aspp_head")(high, train,
-                                                            dropout=not extract)
-    dec_feat, logits = Decoder(self.num_classes, dtype=self.dtype, name="decoder_head")(
-        y, low, train)
+    head = HEADS.get(self.backbone, {})
+    aspp_feat, y = ASPP(dtype=self.dtype, name="aspp_head", **head.get("aspp", {}))(
+        high, train, dropout=not extract)
+    dec_feat, logits = Decoder(self.num_classes, dtype=self.dtype, name="decoder_head",
+                               **head.get("decoder", {}))(y, low, train)
     if extract:
       for name, feat in zip(FEATURE_NAMES, feats + [aspp_feat, dec_feat]):
         self.sow("intermediates", name, feat)

@@ -316,3 +316,44 @@ class MobileNetBackbone(nn.Module):
       if tap:
         feats.append(feat)
     return (feats + [x] if taps else None), x, low
+
+
+# ---- CPU-sized backbones for the offline `digits_seg` quickstart (not the release's) ----
+
+
+class TinyResNetBackbone(nn.Module):
+  """A narrow ResNet at output stride 16, for small canvases on a CPU.
+
+  The release's ResNet-18 (`ResNetBackbone`: four stages of BasicBlocks, strides
+  1/2/2/1, the last stage dilated 2 instead of strided, ``low`` at stride 4 and ``high``
+  at 16, the same blocks, features and init) at CIFAR ResNet widths (``widths``, e.g.
+  16/32/64/64 instead of 64/128/256/512) and with a 3x3/2 stem conv (the release: 7x7/2)
+  before the 3x3/2 max-pool.
+
+  Attributes:
+    widths: the four stages' channels.
+    blocks: BasicBlocks per stage.
+    dtype: computation dtype.
+  """
+  widths: Sequence[int]
+  blocks: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, taps: bool = True
+               ) -> tuple[list[jax.Array], jax.Array, jax.Array]:
+    """Maps (B, H, W, 3) to ``([feat1..feat4], high, low)``: strides 4, 8, 16, 16;
+    ``high`` = relu(feat4), ``low`` = relu(feat1)."""
+    del taps
+    x = conv(self.widths[0], 3, 2, kernel_init=resnet_conv_init, dtype=self.dtype,
+             name="conv1")(x)
+    x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    feats = []
+    for i, (width, stride, dilation) in enumerate(zip(self.widths, (1, 2, 2, 1),
+                                                      (1, 1, 1, 2)), 1):
+      for j in range(1, self.blocks + 1):
+        x = DilatedBasicBlock(width, stride if j == 1 else 1, dilation, dtype=self.dtype,
+                              name=f"stage{i}_block{j}")(x, train)
+      feats.append(x)
+    return feats, nn.relu(feats[-1]), nn.relu(feats[0])
