@@ -1,7 +1,7 @@
 """Methods × teacher→student pairs × seeds as one plan, one comparison table and chart.
 
-    python -m afd_jax.compare --dataset=digits --methods=kd,at,fitnet,sp,afd \
-        --seeds=0,1 --epochs=6 --workdir=runs/compare_digits
+    python -m afd_jax.compare --dataset=digits --methods=all --seeds=0,1,2 --vmap \
+        --workdir=runs/compare_digits
     python -m afd_jax.compare --dataset=cifar100 --methods=all --seeds=0,1,2 \
         --pairs=wrn_40_2:wrn_16_2,resnet56:resnet20 \
         --teacher_checkpoint='runs/cifar100/{teacher}' --workdir=runs/compare_cifar100
@@ -17,8 +17,8 @@ chart). A method that cannot distil a pair (a PairingError, e.g. unequal channel
 diverges is an ``n/a (reason)`` row; the other runs go on.
 
 Settings come from the config files: ``digits`` is configs/quickstart.py (the teacher
-sees all 1,437 training images for 8 epochs, students the first 500 for 15; cosine from
-lr 0.2), ``cifar100`` is configs/cifar100/teacher.py for the teacher and the student
+sees all 1,437 training images for 10 epochs, students the first 150 for 40; cosine from
+lr 0.1), ``cifar100`` is configs/cifar100/teacher.py for the teacher and the student
 alone and configs/cifar100/<method>.py, else baselines.py, for a method. ``--epochs``,
 ``--teacher_epochs``, ``--num_train_examples`` and ``--max_steps`` shrink them (CIFAR's
 step decays keep their relative place in the shortened run); ``--runlocal`` is every
