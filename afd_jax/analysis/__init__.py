@@ -20,7 +20,7 @@ class AnalysisContext:
     workdir: the run's directory.
     config: the run's config.
     distiller: the built method (its feature names among others).
-    writer: the run's `clu.metric_writers.MetricWriter` (TensorBoard, metrics.jsonl).
+    writer: the run's `afd_jax.metric_writer.MetricWriter` (TensorBoard, metrics.jsonl).
     method_intermediates: returns the method module's sown ``intermediates`` on the
       first eval batch (eval mode), e.g. AFD's ``{'attention': ((B, nt, ns),)}``.
     is_chief: whether this process writes files and logs.
