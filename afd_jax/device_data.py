@@ -192,7 +192,7 @@ def choose_pipeline(config_data: ml_collections.ConfigDict, dataset,
 
   ``'auto'`` (the default of new configs): on a GPU/TPU `backend`, device whenever the
   dataset can be device-resident; on a CPU, tfdata — measured as fast there
-  (README, "Benchmarks": 13 images/s both, wrn_16_2 at batch 64 on 2 cores) and the data
+  (docs/speed.md, "Benchmarks": 13 images/s both, wrn_16_2 at batch 64 on 2 cores) and the data
   order every earlier CPU run had. A config without the field (runs written before
   ``'auto'`` was the default) means ``'tfdata'``. Segmentation datasets always use
   ``'tfdata'`` (the device sampler only pad-crops images with one class label each).

@@ -1,6 +1,6 @@
 """The teacher→student pairs of the papers, with their published CIFAR-100 / ImageNet top-1.
 
-One table for configs, README and comparison scripts. Every number names its source;
+One table for configs, docs and comparison scripts. Every number names its source;
 ``None`` means no published number could be verified.
 
 Sources:

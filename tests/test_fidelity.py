@@ -41,7 +41,7 @@ def test_cifar_tat_keeps_its_stated_from_scratch_weights():
     ("transfer/transfer.py", "drop")])
 def test_last_batch_per_config_family(rel, last_batch):
   """The CIFAR releases' DataLoaders keep the last partial batch; elsewhere it is
-  dropped (README, "Fidelity")."""
+  dropped (docs/methods.md, "Fidelity")."""
   assert load(rel).data.last_batch == last_batch
 
 

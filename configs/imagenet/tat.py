@@ -14,13 +14,13 @@ resnet18_from_resnet34_attn.yaml``; paper: 72.41 top-1).
   epoch by torchdistill's ``post_process``);
 * global batch 2048 (8 GPUs × ``batch_size: 256``);
 * both nets start from torchvision's ImageNet weights (``pretrained: True``): the
-  teacher is the imported ResNet-34 above (README, "Teachers from PyTorch"), the
+  teacher is the imported ResNet-34 above (docs/teachers.md), the
   student's ``model.init`` torchvision's ``resnet18-5c106cde.pth`` (download it into
   ``pretrained/``; `afd_jax.pretrained`).
 
 The release's loaders keep each epoch's last partial batch (626 steps of 8 × 256 per
 epoch, the last smaller); here it is dropped (625 steps, ``data.last_batch='drop'``: a
-partial batch of 1,167 images does not split over 8 devices; README, "Fidelity").
+partial batch of 1,167 images does not split over 8 devices; docs/methods.md, "Fidelity").
 Not comparable to from-scratch methods: the student starts at torchvision's 69.76.
 """
 from configs import common

@@ -3,7 +3,7 @@
     python -m afd_jax.main --config=configs/imagenet/teacher.py:model=resnet34_imagenet \
         --workdir=runs/imagenet2012/resnet34_imagenet
 
-Needs imagenet2012 prepared by TFDS (manual download; see README). Expected top-1:
+Needs imagenet2012 prepared by TFDS (manual download; see docs/datasets.md). Expected top-1:
 resnet34 73.31, resnet18 69.75 (CRD Table 3, torchvision's recipe).
 
 Schedule: torchvision's reference recipe (``references/classification``: SGD lr 0.1,

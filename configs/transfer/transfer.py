@@ -10,7 +10,7 @@ seen ImageNet). The argument picks the dataset and the method:
 ``stanford40`` (40; manual download, `afd_jax/datasets/stanford40.py`).
 ``method``: ``none`` (the student alone: the papers' "Scratch" row), ``at``, ``afd``
 (default). ``teacher=``/``student=`` choose another pair (default: the paper's).
-Expected top-1: the README's "Transfer learning" section (L2T-ww paper, Table 1).
+Expected top-1: docs/transfer.md (L2T-ww paper, Table 1).
 
 Schedule: L2T-ww's (Jang et al., ICML 2019), which AFD follows for this table; from the
 defaults of ``train_l2t_ww.py`` in github.com/alinlab/L2T-ww: the target network trains
