@@ -42,8 +42,11 @@ def run_variant(config: str, workdir: str, extra: list[str], env: dict[str, str]
   cmd = [sys.executable, "-m", "afd_jax.main", f"--config={config}", f"--workdir={workdir}",
          *extra]
   print("$", " ".join(cmd), flush=True)
-  subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **env), check=True,
-                 stdout=subprocess.DEVNULL)
+  done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **env),
+                        stdout=subprocess.DEVNULL, check=False)
+  if done.returncode:
+    sys.exit(f"error: the run above exited with status {done.returncode} (its own error "
+             "line is above it)")
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     return json.load(f)
 
