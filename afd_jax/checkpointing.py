@@ -343,6 +343,23 @@ def load_teacher_variables(path: str, abstract_variables: dict[str, Any],
   return variables
 
 
+def read_run_variables(path: str) -> dict[str, Any]:
+  """A run's model ``{'params', 'batch_stats'}`` as host arrays, whatever its model (no
+  fit check; `load_teacher_variables` checks it against a model).
+
+  Raises:
+    CheckpointError: as `load_teacher_variables`.
+  """
+  step_dir = _find_step_dir(path)
+  _verify_teacher(step_dir)
+  try:
+    restored = read_numpy(os.path.join(step_dir, "state"))
+  except Exception as e:
+    raise CheckpointError(f"cannot read checkpoint {step_dir}: "
+                          f"{type(e).__name__}: {e}") from e
+  return _teacher_part(restored, step_dir)
+
+
 def check_teacher(path: str, abstract_variables: dict[str, Any], model_name: str) -> None:
   """`load_teacher_variables`'s checks without reading the arrays: the checkpoint exists,
   matches its digest, and its tree and shapes (from orbax's metadata) fit `model_name`.

@@ -9,7 +9,9 @@ workdir ``<workdir>/<run name>``. Plans come from
 * a suite config (``runs``, ``run_order``, ``seeds``, ``single_seed_runs``, e.g.
   ``configs/quickstart.py``): each named run, over the seeds (except the single-seed
   runs), over the sweeps of the fields it has; a run's ``teacher.checkpoint`` may say
-  ``{workdir}/<run>``: that run of the plan is its teacher, trained first;
+  ``{workdir}/<run>``: that run of the plan is its teacher, trained first; so may its
+  ``model.init`` (pretrained weights, `afd_jax.pretrained`): that run is trained first
+  and is not a row of the table (its result is in ``results.json``);
 * `afd_jax.compare`: methods × teacher→student pairs × seeds.
 
 `run_plan` first validates every run (`validate`: config values, model and method names,
@@ -73,7 +75,7 @@ class PlannedRun:
     pairs: the (teacher, student) table sections it is shown in.
     base: the run's name without its seed part (runs sharing it are one row's seeds).
     hparams: ``{config path: value}`` of the swept fields.
-    needs: plan runs that must finish first (its teacher).
+    needs: plan runs that must finish first (its teacher, its ``model.init``).
   """
   name: str
   config: ml_collections.ConfigDict
@@ -242,22 +244,28 @@ def _suite_plan(suite: ml_collections.ConfigDict, sweep: dict[str, Any], paper) 
   seeds = _seeds(suite)
   configs = {n: suite.runs[n] for n in order}
   teachers = {}  # run name -> the runs it teaches
+  inits = {}  # run name -> the runs starting from its weights (model.init)
   for name, c in configs.items():
-    ref = c.teacher.get("checkpoint") or ""
-    if ref.startswith(TEACHER_REF):
-      teacher = ref[len(TEACHER_REF):].split("/")[0]
-      if teacher not in configs:
-        raise ValueError(f"suite run {name!r}: teacher.checkpoint={ref!r} names run "
-                         f"{teacher!r}, not in run_order: {order}")
-      if order.index(teacher) > order.index(name):
-        raise ValueError(f"suite run {name!r} needs its teacher run {teacher!r} first; "
+    for field, found in (("teacher.checkpoint", teachers), ("model.init", inits)):
+      source = _plan_ref((_get(c, field) if _has_field(c, field) else "") or "")
+      if source is None:
+        continue
+      if source not in configs:
+        raise ValueError(f"suite run {name!r}: {field}={_get(c, field)!r} names run "
+                         f"{source!r}, not in run_order: {order}")
+      if order.index(source) >= order.index(name):
+        raise ValueError(f"suite run {name!r} needs run {source!r} ({field}) first; "
                          f"run_order: {order}")
-      teachers.setdefault(teacher, []).append(name)
-  student_pairs = {n: _pair(c) for n, c in configs.items() if n not in teachers}
+      found.setdefault(source, []).append(name)
+  pretraining = set(inits) - set(teachers)  # not a row of the table
+  student_pairs = {n: _pair(c) for n, c in configs.items()
+                   if n not in teachers and n not in pretraining}
   used = set()
   runs = []
   for name, c in configs.items():
-    if name in teachers:
+    if name in pretraining:
+      row, pairs = "pretraining", ()
+    elif name in teachers:
       row = "teacher"
       pairs = tuple(dict.fromkeys(student_pairs[s] for s in teachers[name]
                                   if s in student_pairs)) or ((c.model.name, ""),)
@@ -271,15 +279,21 @@ def _suite_plan(suite: ml_collections.ConfigDict, sweep: dict[str, Any], paper) 
       row = name  # two runs of one kind in a pair: the run's own name
     used.update((p, row) for p in pairs)
     axes = {p: parse_sweep(c, p, v) for p, v in sweep.items() if _has_field(c, p)}
-    needs = tuple(t for t, taught in teachers.items() if name in taught)
+    needs = tuple(dict.fromkeys(t for found in (teachers, inits)
+                                for t, taught in found.items() if name in taught))
     runs += _expand(name, c, [seeds[0]] if name in single else seeds, axes, row, pairs,
                     needs)
   missing = [p for p in sweep if not any(_has_field(c, p) for c in configs.values())]
   if missing:
     raise ValueError(f"--config.sweep: no run of the suite has field(s) {missing}; runs: "
                      f"{order}")
-  dataset = configs[order[0]].data.name
+  dataset = configs[next((n for n in order if n not in pretraining), order[0])].data.name
   return Plan(runs, dataset, bool(suite.get("vmap_seeds")), paper)
+
+
+def _plan_ref(path: str) -> str | None:
+  """The plan run a ``{workdir}/<run>[/...]`` path names, else None."""
+  return path[len(TEACHER_REF):].split("/")[0] if path.startswith(TEACHER_REF) else None
 
 
 def _has_field(config, path: str) -> bool:
@@ -310,10 +324,21 @@ def _teacher_dir(run: PlannedRun, workdir: str) -> str:
 
 
 def _resolve_teacher(run: PlannedRun, workdir: str) -> None:
-  """``{workdir}`` in the run's teacher checkpoint -> the plan's workdir."""
+  """``{workdir}`` in the run's teacher checkpoint and ``model.init`` -> the plan's
+  workdir."""
   if run.config.teacher.get("checkpoint"):
     with run.config.teacher.unlocked():
       run.config.teacher.checkpoint = _teacher_dir(run, workdir)
+  if run.config.model.get("init"):
+    with run.config.model.unlocked():
+      run.config.model.init = run.config.model.init.replace("{workdir}", workdir)
+
+
+def _produced(path: str, run: PlannedRun, workdir: str) -> bool:
+  """Whether `path` (resolved) is the workdir of a plan run `run` needs (not there yet
+  while the plan is validated)."""
+  rel = os.path.relpath(os.path.abspath(path), workdir) if path else ".."
+  return any(rel == d or rel.startswith(d + "/") for d in run.needs)
 
 
 def validate(plan: Plan, workdir: str, produced: set[str] | None = None
@@ -330,12 +355,13 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
   """
   mesh_size = parallel.make_mesh(None).size
   datasets: dict[str, Any] = {}
-  names = {r.name for r in plan.runs}
   out = {}
   for run in plan.runs:
     label = run.name or workdir
     try:
       c = copy.deepcopy(run.config)
+      if c.model.get("init") and _produced(c.model.init, run, workdir):
+        c.model.init = ""  # trained by an earlier run of the plan (checked when it opens)
       if c.get("num_devices"):
         mesh_size = c.num_devices
       train.validate_config(c, mesh_size)
@@ -346,9 +372,9 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
       # The pipeline 'auto' resolves to, as the run's workdir records it (`train.claim`):
       # so that a finished run's recorded config compares equal.
       run.config.data.pipeline = device_data.choose_pipeline(c.data, dataset)
-      _check_teacher(run, c, names, workdir)
-      if not any(run.needs):  # (a plan run's teacher is checked when it is trained)
-        validation.check_run(c, dataset)
+      _check_teacher(run, c, workdir)
+      if not _produced(_teacher_dir(run, workdir), run, workdir):
+        validation.check_run(c, dataset)  # (a plan run's teacher: when it is trained)
       spe = max(1, dataset.steps_per_epoch(c.batch_size))
       # (the split's labels are read when the run opens; any labels of every class here)
       labels = (np.arange(dataset.info.num_train_examples) % dataset.info.num_classes
@@ -370,13 +396,13 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
   return out
 
 
-def _check_teacher(run: PlannedRun, c, names: set[str], workdir: str) -> None:
+def _check_teacher(run: PlannedRun, c, workdir: str) -> None:
   if not methods.needs_teacher(c.method.name) or c.teacher.get("random_init"):
     return
   if not c.teacher.name:
     raise ValueError(f"method {c.method.name!r} needs a teacher: config.teacher.name is "
                      "empty")
-  if any(n == d or n.startswith(d + "/") for d in run.needs for n in names):
+  if _produced(_teacher_dir(run, workdir), run, workdir):
     return  # produced by an earlier run of the plan
   path = _teacher_dir(run, workdir)
   if not path or not os.path.exists(path):
@@ -508,7 +534,7 @@ def run_plan(plan: Plan, workdir: str, allow_config_change: bool = False,
           "error" in r for n, r in results.items() if n == d or n.startswith(d + "/"))]
       if checked[run.name].error or failed:
         results[run.name] = {"error": checked[run.name].error
-                             or f"its teacher run {failed[0]!r} did not finish"}
+                             or f"the run it needs, {failed[0]!r}, did not finish"}
         log(f"--- {run.name}: n/a ({results[run.name]['error'].splitlines()[0]})")
         unit.remove(run)
     done = {r.name: finished_result(r.config, os.path.join(workdir, r.name)) for r in unit}

@@ -38,7 +38,8 @@ def collect(plan, results: dict[str, dict]) -> dict[str, Any]:
   """`results` (``{run name: result}``) of the `plan.Plan` `plan` in `comparison`'s
   format: per pair, per row, the runs' seeds."""
   pairs: dict[tuple[str, str], dict] = {}
-  score = next((score_name(r) for r in results.values() if "error" not in r), "top1")
+  tabulated = [results[r.name] for r in plan.runs if r.pairs and r.name in results]
+  score = next((score_name(r) for r in tabulated if "error" not in r), "top1")
   for run in plan.runs:
     result = results.get(run.name)
     if result is None:

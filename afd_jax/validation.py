@@ -34,6 +34,7 @@ _STRIDES: tuple[tuple[str, int, str], ...] = (
     (r"(ResNet50|resnet18|resnet34)", 8, "3x3/1 stem, stages /1 /2 /2 /2"),
     (r"resnet(18|34|50)_imagenet", 32, "7x7/2 stem, 3x3/2 max-pool, stages /1 /2 /2 /2"),
     (r"deeplabv3p_\w+", 16, "backbone at output stride 16"),
+    (r"tiny_resnet(18|10)_classifier", 16, "DeepLab backbone at output stride 16"),
 )
 
 

@@ -58,8 +58,10 @@ BLOCKS_PER_STAGE = {
 }
 
 
-# Image classifiers; the segmentation models are specified in test_deeplab.py.
-CLASSIFIER_NAMES = tuple(n for n in MODEL_NAMES if not is_segmentation(n))
+# Image classifiers; the segmentation models and the DeepLab backbones as classifiers
+# (``*_classifier``) are specified in test_deeplab.py.
+CLASSIFIER_NAMES = tuple(n for n in MODEL_NAMES
+                         if not is_segmentation(n) and not n.endswith("_classifier"))
 
 
 def _input_size(name):

@@ -299,3 +299,33 @@ def test_a_groups_fresh_state_has_the_step_type_of_a_restored_one(digits_data_di
   create = group.stacked_create(members)(None, build)
   step = jax.eval_shape(functools.partial(create, image_size=32), jax.random.PRNGKey(0)).step
   assert step.shape == (2,) and step.dtype == np.int32 and not step.weak_type
+
+
+def test_model_init_may_name_a_plan_run_trained_first_and_not_tabulated(tmp_path):
+  """The segmentation quickstart's ``model.init='{workdir}/pretrain_*'``: those runs
+  train first (one seed), resolve to the plan's workdir, are needed by the runs starting
+  from them, and are no row of the table; a reference to a later run is an error."""
+  suite = load("seg_quickstart.py", "methods=tat")
+  p = plan.from_config(suite)
+  names = [r.name for r in p.runs]
+  assert names[:3] == ["pretrain_teacher", "pretrain_student", "teacher"]
+  runs = {r.name: r for r in p.runs}
+  assert runs["pretrain_teacher"].pairs == () and runs["pretrain_student"].pairs == ()
+  assert runs["teacher"].needs == ("pretrain_teacher",)
+  assert runs["student/seed_1"].needs == ("pretrain_student",)
+  assert set(runs["student_tat/seed_2"].needs) == {"teacher", "pretrain_student"}
+  assert p.dataset == "digits_seg"
+  root = str(tmp_path)
+  for r in p.runs:
+    plan._resolve_teacher(r, root)  # pylint: disable=protected-access
+  assert runs["student_tat/seed_0"].config.model.init == os.path.join(root,
+                                                                        "pretrain_student")
+  assert runs["teacher"].config.model.init == os.path.join(root, "pretrain_teacher")
+  suite.run_order = ("pretrain_teacher", "teacher", "student", "pretrain_student",
+                     "student_tat")
+  with pytest.raises(ValueError, match=r"run 'student' needs run 'pretrain_student' "
+                     r"\(model.init\) first"):
+    plan.from_config(suite)
+  suite.run_order = ("pretrain_teacher", "teacher", "student", "student_tat")
+  with pytest.raises(ValueError, match=r"names run 'pretrain_student', not in run_order"):
+    plan.from_config(suite)

@@ -1,7 +1,8 @@
 """Segmentation runs end to end on the embedded `digits_seg`: the segmentation quickstart
-at runlocal scale (a DeepLabV3+ ResNet-18 teacher, a MobileNetV2 student alone and one
-distilled with TaT's patch-group + anchor-point loss, the teacher in train mode), its mIoU
-table and pictures; its TaT run killed mid-run and resumed identically, and its first
+at runlocal scale (both backbones pretrained as `digits` classifiers, a tiny DeepLabV3+
+ResNet teacher, a smaller student alone and one distilled with TaT's patch-group +
+anchor-point loss, the teacher in train mode), its mIoU table and pictures; the
+students' backbones copied from their pretraining run; its TaT run killed mid-run and resumed identically, and its first
 step on 4 devices equal to 1 device's. The VOC / COCOStuff configs' own networks and recipes are traced at the
 real crop in test_seg_configs.py (no compile: a run would add nothing but minutes)."""
 import contextlib
@@ -15,14 +16,17 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from afd_jax import checkpointing, metric_writer, plan, train
+import jax
+
+from afd_jax import checkpointing, metric_writer, models, plan, pretrained, train, train_state
 from afd_jax.analysis import segmentation
 from config_loading import load
 
 
 def _quickstart(data_dir):
-  """configs/seg_quickstart.py:runlocal on 1 device (runlocal's batch of 4: 2 steps)."""
-  c = load("seg_quickstart.py", "runlocal")
+  """configs/seg_quickstart.py:runlocal with TaT only, on 1 device (runlocal's batch of
+  4: 2 steps)."""
+  c = load("seg_quickstart.py", "methods=tat,runlocal")
   for name in c.run_order:
     c.runs[name].data.data_dir = data_dir
     c.runs[name].num_devices = 1
@@ -35,6 +39,7 @@ def _tat_config(data_dir, root, **overrides):
              if r.name == "student_tat")
   c = run.config
   c.teacher.checkpoint = os.path.join(root, "teacher")
+  c.model.init = os.path.join(root, "pretrain_student")
   for key, value in overrides.items():
     c[key] = value
   return c
@@ -56,7 +61,10 @@ def quickstart(digits_seg_data_dir, tmp_path_factory):
 
 def test_segmentation_quickstart_runs_end_to_end(quickstart):
   root, results, printed = quickstart
-  assert list(results) == ["teacher", "student", "student_tat"]
+  assert list(results) == ["pretrain_teacher", "pretrain_student", "teacher", "student",
+                           "student_tat"]
+  for name in ("pretrain_teacher", "pretrain_student"):
+    assert results.pop(name)["step"] == 2  # classification runs, not in the table
   for name, r in results.items():
     assert r["step"] == 2
     assert set(r) >= {"miou", "best_miou", "pixel_acc", "fwiou", "acc_class"}
@@ -64,12 +72,13 @@ def test_segmentation_quickstart_runs_end_to_end(quickstart):
   with open(os.path.join(root, "results.md"), encoding="utf-8") as f:
     table = f.read()
   assert "| method | model | mIoU (%) | best mIoU (%) | Δ vs none | seeds |" in table
-  assert "### deeplabv3p_resnet18 → deeplabv3p_mobilenetv2" in table
+  assert "### deeplabv3p_tiny_resnet18 → deeplabv3p_tiny_resnet10" in table
+  assert "pretrain" not in table and "classifier" not in table
   tat = next(line for line in table.splitlines() if line.startswith("| tat |"))
-  assert tat.split(" | ")[1:3] == ["deeplabv3p_mobilenetv2",
+  assert tat.split(" | ")[1:3] == ["deeplabv3p_tiny_resnet10",
                                    f"{results['student_tat']['miou']:.2f}"]
   assert table in printed
-  for name in results:  # every run drew its pictures; the students' have a teacher column
+  for name in results:  # every segmentation run drew its pictures; the students' have a teacher column
     grid = np.asarray(Image.open(os.path.join(root, name, segmentation.PREDICTIONS_PNG)))
     assert grid.shape == (4 * 66 - 2, (4 if name == "student_tat" else 3) * 66 - 2, 3)
     # Ground truth panels are drawn in the palette: digits_seg's classes 0..10 or 255.
@@ -130,3 +139,25 @@ def test_kill_and_resume_is_identical_and_four_devices_see_one_global_batch(
   terms = ("train/loss", "train/ce", "train/tat", "train/tat_patch", "train/tat_anchor")
   for term in terms:
     assert first[0][term] == pytest.approx(first[1][term], rel=1e-5, abs=1e-6), term
+
+
+def test_a_deeplab_starts_from_its_pretraining_runs_backbone(quickstart):
+  """``model.init`` = a `tiny_resnet10_classifier` run: the DeepLab's ``backbone`` (params
+  and BN statistics) becomes that run's, ASPP + decoder keep their fresh values."""
+  root, _, _ = quickstart
+  name = "deeplabv3p_tiny_resnet10"
+  fresh = jax.device_get(jax.jit(lambda k: models.get_model(name, 11).init(
+      k, train_state.dummy_batch(64), train=False))(jax.random.key(3)))
+  fresh = {"params": fresh["params"], "batch_stats": fresh["batch_stats"]}
+  source = checkpointing.read_run_variables(os.path.join(root, "pretrain_student"))
+  assert set(source["params"]) == {"backbone", "classifier"}
+  got = pretrained.load_student_init(os.path.join(root, "pretrain_student"), name, fresh,
+                                     11)
+  for part in ("params", "batch_stats"):
+    chex.assert_trees_all_equal(got[part]["backbone"], source[part]["backbone"])
+    for module in set(fresh[part]) - {"backbone"}:
+      chex.assert_trees_all_equal(got[part][module], fresh[part][module])
+  assert set(got["params"]) == {"backbone", "aspp_head", "decoder_head"}
+  # A run sharing no module of the same shapes (the teacher's wider backbone): an error.
+  with pytest.raises(checkpointing.CheckpointError, match="shares no module"):
+    pretrained.load_student_init(os.path.join(root, "pretrain_teacher"), name, fresh, 11)

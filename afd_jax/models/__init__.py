@@ -24,7 +24,9 @@ release's DeepLabV3+ at output stride 16) map (B, H, W, 3) to per-pixel float32 
 ``deeplabv3p_tiny_resnet18``, ``deeplabv3p_tiny_resnet10``: CPU-sized ones (a narrow ResNet
 at output stride 16, a 64-channel head) for small canvases such as `digits_seg`'s;
 `deeplab.head_param_filter` splits their params into backbone (1x lr) and ASPP + decoder
-(10x lr).
+(10x lr). ``tiny_resnet18_classifier``, ``tiny_resnet10_classifier`` are those two
+backbones as image classifiers (global pool + linear), to pretrain a DeepLab's backbone on
+a classification set (`deeplab.BackboneClassifier`).
 """
 from __future__ import annotations
 
@@ -68,6 +70,9 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3p_mobilenetv2": _p(deeplab.deeplabv3p, "mobilenetv2"),
     "deeplabv3p_tiny_resnet18": _p(deeplab.deeplabv3p, "tiny_resnet18"),
     "deeplabv3p_tiny_resnet10": _p(deeplab.deeplabv3p, "tiny_resnet10"),
+    # Their backbones as classifiers, to pretrain them (`deeplab.BackboneClassifier`).
+    "tiny_resnet18_classifier": _p(deeplab.backbone_classifier, "tiny_resnet18"),
+    "tiny_resnet10_classifier": _p(deeplab.backbone_classifier, "tiny_resnet10"),
 }
 _SEGMENTATION = frozenset(("deeplabv3p_resnet101", "deeplabv3p_resnet18",
                            "deeplabv3p_mobilenetv2", "deeplabv3p_tiny_resnet18",

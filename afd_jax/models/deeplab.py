@@ -273,6 +273,44 @@ def deeplabv3p(backbone: str, num_classes: int, *, dtype: Dtype = jnp.float32
   return DeepLabV3Plus(backbone, num_classes, dtype=dtype)
 
 
+class BackboneClassifier(nn.Module):
+  """A DeepLab backbone as an image classifier: ``backbone`` (the same module, name and
+  parameters as in `DeepLabV3Plus`), then ReLU of its last stage, a global average pool
+  and a linear classifier (PyTorch ``nn.Linear`` init). Pretraining it on a
+  classification set gives a DeepLabV3+ of the same backbone its pretrained weights
+  (``config.model.init`` = the classification run: `afd_jax.pretrained` copies the
+  shared ``backbone``), the offline stand-in for the release's ImageNet backbones.
+
+  Sows ``stage1..4.out`` (ReLU of each stage's raw sum) and ``pooled``.
+
+  Attributes:
+    backbone: a key of `BACKBONES`.
+    num_classes: classifier outputs.
+    dtype: computation dtype.
+  """
+  backbone: str
+  num_classes: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """Maps images (B, H, W, 3) to float32 logits (B, num_classes)."""
+    feats, high, _ = BACKBONES[self.backbone](dtype=self.dtype, name="backbone")(
+        x, train, taps=False)
+    for i, feat in enumerate(feats or (), 1):
+      self.sow("intermediates", f"stage{i}.out", nn.relu(feat))
+    return layers.classifier_head(self, high, self.num_classes, name="classifier")
+
+
+def backbone_classifier(backbone: str, num_classes: int, *, dtype: Dtype = jnp.float32
+                        ) -> BackboneClassifier:
+  """`BackboneClassifier` on ``backbone`` (a key of `BACKBONES`)."""
+  if backbone not in BACKBONES:
+    raise ValueError(f"DeepLabV3+ backbone must be one of {sorted(BACKBONES)}, "
+                     f"got {backbone!r}.")
+  return BackboneClassifier(backbone, num_classes, dtype=dtype)
+
+
 def head_param_filter(path: tuple[str, ...]) -> bool:
   """Whether a parameter belongs to ASPP + decoder (the release's 10x-lr group).
 
