@@ -73,7 +73,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/quickstart.py")
   parser.add_argument("--workdir", default="runs/quickstart_robustness")
-  parser.add_argument("--seeds", default="3,4,5", help="the other seeds")
+  parser.add_argument("--seeds", default="5,6,7,8,9", help="the other seeds")
   parser.add_argument("--xla_flags", default=PERTURB_FLAGS,
                       help="XLA flags of the perturbed variant")
   parser.add_argument("--single_thread", action=argparse.BooleanOptionalAction,
