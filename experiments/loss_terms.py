@@ -7,7 +7,8 @@ A run logs its loss and its raw (unweighted) terms, averaged over the same steps
 ``loss = Σ w_i · term_i`` on every logged row. The weights are recovered by least squares
 over the rows (exact for fixed weights; a method whose weights change during training,
 e.g. a warm-up, shows a residual, printed) and each term is shown as ``w·term`` at the
-first and last logged row, with its share of the loss. A vmapped group's members are
+first and last logged row, with its share of the loss (weights a method logs itself,
+``train/w_<term>``, are used as logged). A vmapped group's members are
 averaged (``train/<term>`` is their mean). Init phases (``init_phase/``) are runs too.
 """
 from __future__ import annotations
@@ -30,21 +31,31 @@ def terms_of(path: str) -> dict | None:
   rows = [r for r in rows if "train/loss" in r]
   if not rows:
     return None
-  names = sorted(k[len("train/"):] for k in rows[0]
-                 if k.startswith("train/") and k[len("train/"):] not in NOT_TERMS)
+  logged = {k[len("train/"):] for k in rows[0] if k.startswith("train/")} - NOT_TERMS
+  # A method with adaptive weights (AFT-KD) logs them as ``w_<term>``: its term enters as
+  # w·term with a fitted constant factor; a term's parts (``<term>_att``) are left out.
+  adaptive = {n for n in logged if f"w_{n}" in logged}
+  names = sorted(n for n in logged if not n.startswith("w_")
+                 and not any(n.startswith(f"{t}_") for t in adaptive))
   if not names:
     return None
-  a = np.array([[r[f"train/{n}"] for n in names] for r in rows], np.float64)
+
+  def column(r, n):
+    return r[f"train/{n}"] * (r[f"train/w_{n}"] if n in adaptive else 1.0)
+
+  a = np.array([[column(r, n) for n in names] for r in rows], np.float64)
   y = np.array([r["train/loss"] for r in rows], np.float64)
   w, *_ = np.linalg.lstsq(a, y, rcond=None)
   residual = float(np.abs(a @ w - y).max() / max(np.abs(y).max(), 1e-12))
-  return {"terms": names, "weights": w.tolist(), "residual": residual,
+  weights = [f"{x:.3g}" + (f"·w_{n} (logged)" if n in adaptive else "")
+             for n, x in zip(names, w)]
+  return {"terms": names, "weights": weights, "residual": residual,
           "first": (rows[0]["step"], (a[0] * w).tolist(), y[0]),
           "last": (rows[-1]["step"], (a[-1] * w).tolist(), y[-1])}
 
 
 def _describe(name: str, info: dict) -> str:
-  out = [f"{name}: weights " + ", ".join(f"{t} {w:.3g}" for t, w in
+  out = [f"{name}: weights " + ", ".join(f"{t} {w}" for t, w in
                                           zip(info["terms"], info["weights"]))
          + (f" (fit residual {info['residual']:.1%}: weights change during training)"
             if info["residual"] > 1e-3 else "")]
