@@ -332,13 +332,7 @@ def load_teacher_variables(path: str, abstract_variables: dict[str, Any],
       that do not fit `model_name`.
   """
   step_dir = _find_step_dir(path)
-  _verify_teacher(step_dir)
-  try:
-    restored = read_numpy(os.path.join(step_dir, "state"))
-  except Exception as e:
-    raise CheckpointError(f"cannot read teacher checkpoint {step_dir}: "
-                          f"{type(e).__name__}: {e}") from e
-  variables = _teacher_part(restored, step_dir)
+  variables = read_run_variables(step_dir)
   _check_fit(variables, abstract_variables, step_dir, model_name)
   return variables
 
@@ -355,7 +349,7 @@ def read_run_variables(path: str) -> dict[str, Any]:
   try:
     restored = read_numpy(os.path.join(step_dir, "state"))
   except Exception as e:
-    raise CheckpointError(f"cannot read checkpoint {step_dir}: "
+    raise CheckpointError(f"cannot read teacher checkpoint {step_dir}: "
                           f"{type(e).__name__}: {e}") from e
   return _teacher_part(restored, step_dir)
 

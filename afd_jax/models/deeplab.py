@@ -267,10 +267,14 @@ class DeepLabV3Plus(nn.Module):
 def deeplabv3p(backbone: str, num_classes: int, *, dtype: Dtype = jnp.float32
                ) -> DeepLabV3Plus:
   """DeepLabV3+ (OS16) on ``backbone`` (a key of `BACKBONES`)."""
+  _check_backbone(backbone)
+  return DeepLabV3Plus(backbone, num_classes, dtype=dtype)
+
+
+def _check_backbone(backbone: str) -> None:
   if backbone not in BACKBONES:
     raise ValueError(f"DeepLabV3+ backbone must be one of {sorted(BACKBONES)}, "
                      f"got {backbone!r}.")
-  return DeepLabV3Plus(backbone, num_classes, dtype=dtype)
 
 
 class BackboneClassifier(nn.Module):
@@ -305,9 +309,7 @@ class BackboneClassifier(nn.Module):
 def backbone_classifier(backbone: str, num_classes: int, *, dtype: Dtype = jnp.float32
                         ) -> BackboneClassifier:
   """`BackboneClassifier` on ``backbone`` (a key of `BACKBONES`)."""
-  if backbone not in BACKBONES:
-    raise ValueError(f"DeepLabV3+ backbone must be one of {sorted(BACKBONES)}, "
-                     f"got {backbone!r}.")
+  _check_backbone(backbone)
   return BackboneClassifier(backbone, num_classes, dtype=dtype)
 
 
