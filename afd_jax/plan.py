@@ -11,8 +11,9 @@ workdir ``<workdir>/<run name>``. Plans come from
   runs), over the sweeps of the fields it has; a run's ``teacher.checkpoint`` may say
   ``{workdir}/<run>``: that run of the plan is its teacher, trained first; so may its
   ``model.init`` (pretrained weights, `afd_jax.pretrained`): that run is trained first
-  and is not a row of the table (its result is in ``results.json``);
-* `afd_jax.compare`: methods × teacher→student pairs × seeds.
+  and is not a row of the table (its result is in ``results.json``); its ``published``
+  entries put the papers' numbers beside the rows (``configs/compare.py``: methods ×
+  teacher→student pairs × seeds).
 
 `run_plan` first validates every run (`validate`: config values, model and method names,
 the method's pairing of the networks' features, the dataset, the teacher's checkpoint or
@@ -210,8 +211,8 @@ def _seeds(config) -> list[int]:
   return values
 
 
-def from_config(config: ml_collections.ConfigDict, sweep: dict[str, Any] | None = None,
-                paper: comparison.PaperLookup | None = None) -> Plan:
+def from_config(config: ml_collections.ConfigDict, sweep: dict[str, Any] | None = None
+                ) -> Plan:
   """The plan of a single-run or suite config, with sweeps ``{path: values or text}``.
 
   Raises:
@@ -220,14 +221,15 @@ def from_config(config: ml_collections.ConfigDict, sweep: dict[str, Any] | None 
   """
   sweep = dict(sweep or {})
   if "runs" in config:
-    return _suite_plan(config, sweep, paper)
+    return _suite_plan(config, sweep,
+                       comparison.published_lookup(config.get("published") or ()))
   seeds = _seeds(config)
   axes = {p: parse_sweep(config, p, v) for p, v in sweep.items()}
   if not axes and not config.get("seeds"):
     c = _single_run_config(config, config.get("seed", 0))
     return Plan([PlannedRun("", c, c.method.name, (_pair(c),), "")], config.data.name)
   runs = _expand("", config, seeds, axes, config.method.name, (_pair(config),))
-  return Plan(runs, config.data.name, bool(config.get("vmap_seeds")), paper)
+  return Plan(runs, config.data.name, bool(config.get("vmap_seeds")))
 
 
 def _pair(config) -> tuple[str, str]:

@@ -1,16 +1,19 @@
 """Method comparison: the table and chart on hand-made results (numbers recomputed here
-with NumPy, paper numbers from configs/pairs.py), and `afd_jax.compare` end to end on
-digits at smoke scale, rerun without retraining."""
+with NumPy, paper numbers from configs/pairs.py), and configs/compare.py's plan end to end
+on digits at smoke scale, rerun without retraining."""
 import json
 import os
 
 from matplotlib.container import ErrorbarContainer
+import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
 
-from afd_jax import compare
+from afd_jax import plan
 from afd_jax.analysis import comparison
+from config_loading import load
+from configs import compare
 from configs import pairs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,13 +157,13 @@ def _snapshot(workdir):
 
 
 def test_compare_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, capsys):
-  """python -m afd_jax.compare: a plan of the teacher, the student alone, KD and ICKD (a
+  """configs/compare.py: a plan of the teacher, the student alone, KD and ICKD (a
   segmentation method, which cannot pair classifiers: an n/a row, found before anything
-  trained)."""
+  trained), as ``python -m afd_jax.main --config=configs/compare.py:...`` runs it."""
   workdir = tmp_path / "cmp"
-  argv = ["--dataset=digits", "--methods=kd,ickd", "--pairs=resnet20:resnet8", "--seeds=0,1",
-          "--runlocal", f"--data_dir={digits_data_dir}", f"--workdir={workdir}"]
-  compare.main(argv)
+  arg = (f"dataset=digits,methods=kd+ickd,pairs=resnet20:resnet8,seeds=0+1,runlocal,"
+         f"data_dir={digits_data_dir}")
+  plan.run_config(load("compare.py", arg), str(workdir))
   runs = {"resnet20", *(f"resnet20-resnet8/{m}/seed_{s}" for m in ("none", "kd")
                         for s in (0, 1))}
   for run in runs:
@@ -181,16 +184,73 @@ def test_compare_end_to_end_and_rerun_skips(digits_data_dir, tmp_path, capsys):
   before = _snapshot(workdir)
   assert len(before) == 2 * len(runs)
   capsys.readouterr()
-  compare.main(argv)
+  plan.run_config(load("compare.py", arg), str(workdir))
   assert _snapshot(workdir) == before  # nothing retrained, no result rewritten
   assert capsys.readouterr().out.count("finished earlier") == len(runs)
   assert (workdir / "results.md").read_text(encoding="utf-8").count("| kd |") == 1
 
 
+def test_cifar100_plan_pairs_rows_teachers_and_published_numbers():
+  """Two pairs sharing a student and an imported teacher pattern: one student-alone run
+  shown in both pairs, each method's teacher filled in, the papers' numbers beside the
+  rows (configs/pairs.py's), shortened epochs."""
+  p = plan.from_config(load("compare.py", (
+      "dataset=cifar100,methods=kd+fsp,seeds=0+1,epochs=2,"
+      "pairs=resnet56:resnet20+resnet110:resnet20,"
+      "teacher_checkpoint=runs/cifar100/{teacher}")))
+  a, b = ("resnet56", "resnet20"), ("resnet110", "resnet20")
+  assert [(r.name, r.row, r.pairs) for r in p.runs] == [
+      (f"resnet56-resnet20/{m}/seed_{s}", m, pp) for m, pp in
+      (("none", (a, b)), ("kd", (a,)), ("fsp", (a,))) for s in (0, 1)] + [
+      (f"resnet110-resnet20/{m}/seed_{s}", m, (b,)) for m in ("kd", "fsp") for s in (0, 1)]
+  run = next(r for r in p.runs if r.name == "resnet110-resnet20/kd/seed_1")
+  assert (run.config.teacher.name, run.config.seed) == ("resnet110", 1)
+  assert run.config.teacher.checkpoint == os.path.abspath("runs/cifar100/resnet110")
+  assert run.config.schedule.decay_epochs == (150 / 120, 180 / 120, 210 / 120)
+  assert p.dataset == "cifar100" and not p.vmap
+  for method, model, teacher in (("kd", "resnet20", "resnet56"),
+                                 ("fsp", "resnet20", "resnet110"),
+                                 ("none", "resnet20", None)):
+    found = pairs.expected_top1("cifar100", method, model, teacher)
+    assert found is not None
+    assert p.paper("cifar100", method, model, teacher) == found
+
+
+def test_digits_plan_trains_the_teacher_once_with_the_first_seed():
+  c = load("compare.py", "methods=kd,seeds=3+4,vmap")
+  p = plan.from_config(c)
+  assert [(r.name, r.config.seed, r.needs) for r in p.runs] == [
+      ("resnet20", 3, ()), ("resnet20-resnet8/none/seed_3", 3, ()),
+      ("resnet20-resnet8/none/seed_4", 4, ()),
+      ("resnet20-resnet8/kd/seed_3", 3, ("resnet20",)),
+      ("resnet20-resnet8/kd/seed_4", 4, ("resnet20",))]
+  assert p.runs[0].pairs == (("resnet20", "resnet8"),) and p.vmap
+  assert p.runs[-1].config.teacher.checkpoint == "{workdir}/resnet20"
+  assert p.paper is None  # digits: nothing published
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("dataset=imagenet2012", "dataset='imagenet2012'; accepted: digits, cifar100"),
+    ("pairs=resnet20", "item 'resnet20' is not <teacher>:<student>"),
+    ("methods=kd+nope", r"unknown \['nope'\]; registered: .*, or 'all'"),
+    ("seeds=0+0", "seeds='0\\+0'; accepted: distinct integers"),
+    ("epochs=two", "epochs='two'; accepted: an integer"),
+    ("vmaps", "config argument 'vmaps' unknown; accepted: .*dataset")])
+def test_bad_arguments_are_clear_errors(arg, match):
+  with pytest.raises(ValueError, match=match):
+    load("compare.py", arg)
+
+
+def test_methods_all_is_every_distilling_method():
+  from afd_jax import methods  # pylint: disable=g-import-not-at-top
+  c = load("compare.py", "methods=all,runlocal")
+  expected = [m for m in methods.method_names() if methods.needs_teacher(m)]
+  assert [n.split("/")[1] for n in c.run_order[1:]] == ["none", *expected]
+
+
 def test_short_runs_keep_every_step_decay():
-  """--epochs=2 of CIFAR's 150/180/210-of-240 schedule: three decays (not two, as when
+  """epochs=2 of CIFAR's 150/180/210-of-240 schedule: three decays (not two, as when
   the scaled epochs were rounded and de-duplicated), at their relative place."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict(dict(schedule=dict(num_epochs=240,
                                                    decay_epochs=(150, 180, 210))))
   compare.scale_epochs(c, 2)

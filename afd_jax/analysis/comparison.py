@@ -14,7 +14,9 @@ not run the pair, ``{"model": name, "error": reason}``. ``"teacher"`` is the tea
 
 The published number beside each row comes from ``paper(dataset, method, model,
 teacher)`` -> ``(top-1, source)`` or None, the signature of
-``configs.pairs.expected_top1`` (``method='none'`` asks for a model trained alone).
+``configs.pairs.expected_top1`` (``method='none'`` asks for a model trained alone); a
+plan's is `published_lookup` over its config's ``published`` entries (configs/compare.py
+copies them from configs/pairs.py).
 Rendering draws on matplotlib's Agg canvas directly (no pyplot), as `curves` does.
 """
 from __future__ import annotations
@@ -101,9 +103,14 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
   return diff, se, float(2 * stats.t.sf(abs(diff) / se, dof))
 
 
-def pair_name(teacher: str, student: str) -> str:
-  """The pair's directory name, ``<teacher>-<student>`` (model names hold underscores)."""
-  return f"{teacher}-{student}"
+def published_lookup(entries) -> PaperLookup | None:
+  """A `PaperLookup` over a suite config's ``published`` entries ``(method, model,
+  teacher, top-1, source)`` (teacher ``''`` for a model trained alone, method ``'none'``),
+  whatever the dataset; None without entries."""
+  table = {(m, model, t): (float(v), source) for m, model, t, v, source in entries}
+  if not table:
+    return None
+  return lambda dataset, method, model, teacher: table.get((method, model, teacher or ""))
 
 
 def summarize(dataset: str, pair: dict[str, Any],
