@@ -1,7 +1,7 @@
 """What a run's values mean, checked before anything is written.
 
-* `smallest_image_size`: each model's smallest input, from its strides and pooling.
-* `METHOD_FIELDS`: every method field's valid range; `check_method` applies it.
+* `smallest_image_size`: each model's smallest input, its measured total stride.
+* `check_method`: every method field against the range declared beside its default.
 * `check_run`: the checks that need the opened dataset (image sizes against the models,
   the teacher checkpoint readable and of the teacher's architecture), run before a
   workdir is bound to a config (`workdir.check_config`), so that a failed start leaves
@@ -10,44 +10,51 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
+import jax
 import ml_collections
 
-from afd_jax import methods, models
+from afd_jax import methods, models, train_state
+from afd_jax.methods import ranges
 
-# Total downsampling of each model family's deepest feature map: the product of its
-# strided convolutions and poolings (each module's docstring has the layout). Below it,
-# the last strided layers see only their own padding: the model still runs (a stride-2
-# 3x3 conv maps 1x1 to 1x1) but its deepest features no longer depend on the image.
-_STRIDES: tuple[tuple[str, int, str], ...] = (
-    (r"resnet(8|14|20|32|44|56|110)(x4)?", 4, "3x3/1 stem, stages /1 /2 /2"),
-    (r"wrn_\d+_\d+", 4, "3x3/1 stem, stages /1 /2 /2"),
-    # (a fourth max-pool, before group 5, only from 64 pixels on)
-    (r"vgg\d+", 8, "2x2 max-pools before conv groups 2, 3 and 4"),
-    (r"MobileNetV2", 16, "3x3/2 stem, stages /1 /2 /2 /2"),
-    (r"Shuffle(V1|V2)", 8, "3x3/1 stem, stages /2 /2 /2"),
-    (r"(ResNet50|resnet18|resnet34)", 8, "3x3/1 stem, stages /1 /2 /2 /2"),
-    (r"resnet(18|34|50)_imagenet", 32, "7x7/2 stem, 3x3/2 max-pool, stages /1 /2 /2 /2"),
-    (r"deeplabv3p_\w+", 16, "backbone at output stride 16"),
-    (r"tiny_resnet(18|10)_classifier", 16, "DeepLab backbone at output stride 16"),
-)
+# Measuring from this input side up: the smallest image's regime (VGG pools before its
+# last group only from 64 pixels on), and sides small enough for cheap traces.
+_FIRST_PROBE = 8
+_LAST_PROBE = 1024
 
 
+@functools.lru_cache(maxsize=None)
 def total_stride(model: str) -> tuple[int, str]:
-  """(total stride of `model`'s deepest feature map, the layers that make it).
+  """(total stride of `model`'s deepest feature map, how it was measured).
+
+  Measured, not listed: the model's sown features are traced abstractly
+  (`train_state.feature_shapes`) at square inputs of 8, 16, 32, ... pixels until the
+  smallest map is at least 2x2 (a 1x1 map cannot tell an input just large enough from
+  one too small: a stride-2 3x3 conv maps 1x1 to 1x1); the stride is the input's side
+  over that map's. Cached: each model is traced once per process.
 
   Raises:
     ValueError: an unknown model (the accepted ones listed).
   """
-  for pattern, stride, how in _STRIDES:
-    if re.fullmatch(pattern, model):
-      return stride, how
-  raise ValueError(f"unknown model {model!r}; accepted: {', '.join(models.MODEL_NAMES)}")
+  if model not in models.MODEL_NAMES:
+    raise ValueError(f"unknown model {model!r}; accepted: {', '.join(models.MODEL_NAMES)}")
+  net = models.get_model(model, 10)
+  size = _FIRST_PROBE
+  while size <= _LAST_PROBE:
+    try:
+      shapes = train_state.feature_shapes(net, size)
+    except Exception:  # pylint: disable=broad-except  (a pool on an empty map fails to trace)
+      shapes = {}
+    maps = {name: shape[1] for name, shape in shapes.items() if len(shape) == 4}
+    if maps and min(maps.values()) >= 2:
+      side = min(maps.values())
+      deepest = [name for name, s in maps.items() if s == side][-1]
+      return size // side, f"{deepest} is {side}x{side} at input {size}x{size}"
+    size *= 2
+  raise ValueError(f"model {model!r} keeps no 2x2 feature map up to {_LAST_PROBE}x"
+                   f"{_LAST_PROBE} inputs: its stride cannot be measured")
 
 
 def smallest_image_size(model: str) -> int:
@@ -70,98 +77,19 @@ def check_image_size(config: ml_collections.ConfigDict, image_size: int) -> None
           f"deepest features would see only padding; accepted: >= {stride}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Range:
-  """A method field's accepted values: ``ok(value)``, described by `text`."""
-  ok: Callable[[Any], bool]
-  text: str
-
-
-def _num(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _each(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
-  """A number, or a tuple of them, each `ok`."""
-  return lambda v: all(ok(x) for x in (v if isinstance(v, tuple) else (v,)))
-
-
-_NONNEG = Range(_each(lambda v: _num(v) and v >= 0), ">= 0")
-_POS = Range(lambda v: _num(v) and v > 0, "> 0")
-_POS_INT = Range(lambda v: _int(v) and v >= 1, "an integer >= 1")
-_NONNEG_INT = Range(lambda v: _int(v) and v >= 0, "an integer >= 0")
-_UNIT = Range(lambda v: _num(v) and 0 <= v < 1, "in [0, 1)")
-_GRID = Range(lambda v: isinstance(v, tuple) and len(v) == 2 and all(
-    _int(x) and x >= 1 for x in v), "two integers >= 1, (rows, cols)")
-_OPTIONAL = lambda r: Range(lambda v: v is None or r.ok(v), f"{r.text}, or None")  # noqa: E731
-_BOOL = Range(lambda v: isinstance(v, bool), "True or False")
-# Checked where they are meaningful: the choices by the method's own dataclass, feature
-# and stage selections against the models' features when the method is built.
-_BY_METHOD = Range(lambda v: True, "checked by the method")
-
-# Every method field, by name; `METHOD_FIELDS` overrides it for one method's field.
-FIELDS: dict[str, Range] = {
-    **{f: _NONNEG for f in (
-        "ce_weight", "kd_weight", "beta", "alpha", "gamma", "weight", "afb_weight",
-        "feature_weight", "position_weight", "activation_weight", "channel_weight",
-        "distance_weight", "angle_weight", "margin", "warmup_epochs")},
-    **{f: _POS for f in ("temperature", "rate_temperature", "attention_temperature",
-                         "nce_t", "p", "rate", "init_var", "eps", "scale")},
-    **{f: _POS_INT for f in ("qk_dim", "embed_dim", "feat_dim", "nce_k", "init_epochs",
-                             "max_mid_channels", "mid_channels", "gram_size", "factor",
-                             "heads", "embed_kernel", "position_pool", "p1", "p2",
-                             "hint_stage")},
-    "rate_warmup_windows": _NONNEG_INT,
-    "rate_window_steps": _OPTIONAL(_POS_INT),
-    "init_lr": _OPTIONAL(_POS),
-    "nce_m": _UNIT,
-    "ema_decay": _UNIT,
-    "patch_grid": _GRID,
-    "anchor_grid": _GRID,
-    "batch_average": _BOOL,
-    "train_abf": _BOOL,
-    "learnable_key": _OPTIONAL(_BOOL),
-    "replacement": _OPTIONAL(_BOOL),
-    **{f: _BY_METHOD for f in (
-        "mode", "weighting", "rate_average", "position_distance", "channel_distance",
-        "mid_reduction", "student_stages", "teacher_stages", "student_features",
-        "teacher_features", "student_feature", "teacher_feature")},
-}
-METHOD_FIELDS: dict[tuple[str, str], Range] = {
-    # TaT: None takes the mode's default (the release's value).
-    ("tat", "ce_weight"): _OPTIONAL(_NONNEG),
-    ("tat", "kd_weight"): _OPTIONAL(_NONNEG),
-    ("tat", "temperature"): _OPTIONAL(_POS),
-    ("ft", "rate"): Range(lambda v: _num(v) and 0 < v <= 1,
-                          "in (0, 1] (the paraphraser's channel ratio)"),
-}
-
-
-def field_range(method: str, field: str) -> Range:
-  """The accepted values of `method`'s `field`.
-
-  Raises:
-    KeyError: a field with no entry (a new field must be given its range here).
-  """
-  return METHOD_FIELDS.get((method, field)) or FIELDS[field]
-
-
 def check_method(cfg: Mapping[str, Any]) -> None:
-  """Checks every field of ``config.method`` (resolved: the defaults too) against its
-  range.
+  """Checks every field of ``config.method`` (resolved: the defaults too) against the
+  range its method's `Config` declares beside its default (`methods.ranges`).
 
   Raises:
     ValueError: the first field out of range, with the accepted values.
   """
   name = cfg["name"]
+  cls = methods.hparams_class(name)
   for field, value in methods.resolved_fields(cfg).items():
     if field == "name":
       continue
-    accepted = field_range(name, field)
+    accepted = ranges.field_range(cls, field)
     if not accepted.ok(value):
       raise ValueError(f"config.method.{field}={value!r} is out of range for method "
                        f"{name!r}; accepted: {accepted.text}")
@@ -169,8 +97,6 @@ def check_method(cfg: Mapping[str, Any]) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _abstract_teacher(name: str, num_classes: int, image_size: int):
-  import jax  # pylint: disable=g-import-not-at-top
-  from afd_jax import train_state  # pylint: disable=g-import-not-at-top
   model = models.get_model(name, num_classes)
   return jax.eval_shape(functools.partial(model.init, train=False),
                         jax.random.PRNGKey(0), train_state.dummy_batch(image_size))

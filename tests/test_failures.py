@@ -2,6 +2,7 @@
 leave no trace, one ``error:`` line for every mistake, values checked against what they
 mean (issue #20)."""
 import asyncio
+import dataclasses
 import errno
 import gc
 import glob
@@ -22,6 +23,7 @@ import pytest
 
 from afd_jax import (checkpointing, methods, metric_writer, models, plan, train,
                      train_state, validation, workdir)
+from afd_jax.methods import base, ranges
 from config_loading import distill, run_main, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -403,6 +405,23 @@ def test_the_stride_table_matches_the_models(model, stride):
   assert validation.smallest_image_size(model) == stride
 
 
+@pytest.mark.parametrize("model,stride", [
+    ("resnet20", 4),  # 3x3/1 stem, stages /1 /2 /2
+    ("vgg8", 8),  # 2x2 max-pools before conv groups 2, 3, 4 (group 5's from 64 pixels)
+    ("MobileNetV2", 16),  # 3x3/2 stem, stages /1 /2 /2 /2
+    ("resnet18_imagenet", 32),  # 7x7/2 stem, 3x3/2 max-pool, stages /1 /2 /2 /2
+    ("deeplabv3p_tiny_resnet10", 16),  # backbone at output stride 16
+])
+def test_the_measured_stride_is_the_architectures(model, stride):
+  assert validation.total_stride(model)[0] == stride
+  assert validation.smallest_image_size(model) == stride
+
+
+def test_the_stride_of_an_unknown_model_names_the_accepted_ones():
+  with pytest.raises(ValueError, match=r"^unknown model 'resnet7'; accepted: resnet8, "):
+    validation.total_stride("resnet7")
+
+
 def test_an_image_too_small_for_the_strides_is_refused(digits_data_dir, tmp_path):
   config = tiny_config(digits_data_dir)
   config.data.image_size = 1
@@ -432,9 +451,46 @@ def test_method_fields_are_checked_against_their_ranges(method, field, value, ac
 
 def test_every_method_field_has_a_range_its_default_satisfies():
   for name in methods.method_names():
+    cls = methods.hparams_class(name)
     for field, value in methods.resolved_fields({"name": name}).items():
       if field != "name":
-        assert validation.field_range(name, field).ok(value), (name, field, value)
+        assert ranges.field_range(cls, field).ok(value), (name, field, value)
+
+
+def test_a_new_method_brings_its_ranges_and_a_field_without_one_is_refused(monkeypatch):
+  """The range written beside a default is what `check_method` enforces; a field with a
+  plain default, new or redeclaring an inherited one, stops the method's registration."""
+  monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+  @dataclasses.dataclass(frozen=True)
+  class Config:
+    width: int = ranges.ranged(8, ranges.POS_INT)
+    scale: float = ranges.ranged(0.5, ranges.Range(lambda v: 0 < v < 1, "in (0, 1)"))
+
+  base.register("throwaway", Config, needs_teacher=False)(lambda hp, **_: None)
+  validation.check_method({"name": "throwaway", "width": 3, "scale": 0.25})
+  for field, value, accepted in (("width", 0, "an integer >= 1"),
+                                 ("scale", 1.5, "in (0, 1)")):
+    with pytest.raises(ValueError) as e:
+      validation.check_method({"name": "throwaway", field: value})
+    assert str(e.value) == (f"config.method.{field}={value!r} is out of range for method "
+                            f"'throwaway'; accepted: {accepted}")
+
+  @dataclasses.dataclass(frozen=True)
+  class Unranged:
+    width: int = ranges.ranged(8, ranges.POS_INT)
+    depth: int = 2
+
+  @dataclasses.dataclass(frozen=True)
+  class Redeclared(base.LogitTerms):
+    kd_weight: float = 0.5
+
+  for name, cls, field in (("unranged", Unranged, "depth"),
+                           ("redeclared", Redeclared, "kd_weight")):
+    with pytest.raises(ValueError) as e:
+      base.register(name, cls)(lambda hp, **_: None)
+    assert str(e.value).startswith(f"method {name!r}: field(s) {field} of "), e.value
+    assert "\n" not in str(e.value) and name not in methods.method_names()
 
 
 def _diverged(step, bad, **values):

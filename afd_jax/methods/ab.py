@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, InitPhase, LogitTerms, PairingError, logit_terms,
                                   paired_stages, register, require_features)
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, POS_INT, ranged
 from afd_jax.models import layers
 
 
@@ -58,10 +59,10 @@ class Config(LogitTerms):
   ``student_stages`` / ``teacher_stages``: 1-based stages to pair (default: all, one to
   one); ``init_epochs``: length of the init phase.
   """
-  margin: float = 1.0
-  init_epochs: int = 30
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  margin: float = ranged(1.0, NONNEG)
+  init_epochs: int = ranged(30, POS_INT)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
 
 def connector_conv(s_shape, t_shape) -> tuple[str, tuple[int, int], int, int] | None:

@@ -46,6 +46,7 @@ from afd_jax.methods.afd_features import afd_feature_names, resolve_features
 from afd_jax.methods.base import (Distiller, LogitTerms, PairingError, logit_terms,
                                   register)
 from afd_jax.methods.pooling import adaptive_avg_pool, attention_map, l2_normalize
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, POS, POS_INT, ranged
 from afd_jax.models import layers
 
 _METHOD = "afd"
@@ -62,12 +63,12 @@ class Config(LogitTerms):
   ``student_features`` / ``teacher_features``: explicit feature names to link instead of
   `afd_feature_names`' per-architecture choice.
   """
-  kd_weight: float = 0.9
-  temperature: float = 4.0
-  beta: float = 200.0
-  qk_dim: int = 128
-  student_features: tuple[str, ...] | None = None
-  teacher_features: tuple[str, ...] | None = None
+  kd_weight: float = ranged(0.9, NONNEG)
+  temperature: float = ranged(4.0, POS)
+  beta: float = ranged(200.0, NONNEG)
+  qk_dim: int = ranged(128, POS_INT)
+  student_features: tuple[str, ...] | None = ranged(None, BY_METHOD)
+  teacher_features: tuple[str, ...] | None = ranged(None, BY_METHOD)
 
 
 # ---- meta-network --------------------------------------------------------------------

@@ -58,6 +58,8 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, check_choice, cross_entropy, kd_loss,
                                   paired_stages, register)
 from afd_jax.methods.pooling import attention_map, l2_normalize, match_spatial
+from afd_jax.methods.ranges import (BY_METHOD, NONNEG, NONNEG_INT, POS, POS_INT, UNIT,
+                                    optional, ranged)
 from afd_jax.models import layers
 
 WEIGHTINGS = ("fixed", "rate")
@@ -69,19 +71,19 @@ class Config:
   """AFT-KD hyperparameters of our interpretation (see the module docstring; no
   published values exist). ``rate_window_steps`` None means one epoch; ``afb_weight``
   is one weight for every stage or a tuple with one per stage pair."""
-  ce_weight: float = 1.0
-  kd_weight: float = 1.0
-  temperature: float = 4.0
-  afb_weight: float | tuple[float, ...] = 1000.0
-  feature_weight: float = 1.0
-  weighting: str = "rate"
-  rate_temperature: float = 2.0
-  rate_warmup_windows: int = 2
-  rate_window_steps: int | None = None
-  rate_average: str = "mean"
-  ema_decay: float = 0.99
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  ce_weight: float = ranged(1.0, NONNEG)
+  kd_weight: float = ranged(1.0, NONNEG)
+  temperature: float = ranged(4.0, POS)
+  afb_weight: float | tuple[float, ...] = ranged(1000.0, NONNEG)
+  feature_weight: float = ranged(1.0, NONNEG)
+  weighting: str = ranged("rate", BY_METHOD)
+  rate_temperature: float = ranged(2.0, POS)
+  rate_warmup_windows: int = ranged(2, NONNEG_INT)
+  rate_window_steps: int | None = ranged(None, optional(POS_INT))
+  rate_average: str = ranged("mean", BY_METHOD)
+  ema_decay: float = ranged(0.99, UNIT)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
   def __post_init__(self):
     check_choice("aft_kd", "weighting", self.weighting, WEIGHTINGS)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import Distiller, LogitTerms, logit_terms, paired_stages, register
 from afd_jax.methods.pooling import attention_map, match_spatial
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, POS, ranged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +25,10 @@ class Config(LogitTerms):
   ``student_stages`` / ``teacher_stages``: 1-based stages to pair (default: all, one to
   one).
   """
-  beta: float = 1000.0
-  p: float = 2.0
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  beta: float = ranged(1000.0, NONNEG)
+  p: float = ranged(2.0, POS)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
 
 def at_loss(s_feats, t_feats, p: float = 2.0) -> jnp.ndarray:

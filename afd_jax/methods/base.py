@@ -1,7 +1,9 @@
 """The distillation-method interface: hyperparameters, registry and building.
 
 Every method owns its hyperparameters, once: a frozen dataclass whose field defaults are
-the published values (with the source in its docstring), registered with the builder:
+the published values (with the source in its docstring), each field with its accepted
+values beside its default (``beta: float = ranged(200.0, NONNEG)``, `ranges`; a field
+without is refused here), registered with the builder:
 
     @register("afd", Config)
     def build(hp: Config, student: FeatureInfo, teacher: FeatureInfo | None,
@@ -55,6 +57,7 @@ import flax.linen as nn
 from afd_jax.methods.losses import (  # noqa: F401
     cross_entropy, epoch_warmup, kd_loss, logit_terms, segmentation_cross_entropy,
     train_step_count, unshard_batch)
+from afd_jax.methods.ranges import NONNEG, POS, ranged, unranged_fields
 from afd_jax.methods.selection import (  # noqa: F401
     FeatureInfo, PairingError, last_stage, paired_stages, require_features,
     stage_features)
@@ -100,9 +103,9 @@ class LogitTerms:
 
   Subclasses redeclare the defaults their paper uses.
   """
-  ce_weight: float = 1.0
-  kd_weight: float = 0.0
-  temperature: float = 4.0
+  ce_weight: float = ranged(1.0, NONNEG)
+  kd_weight: float = ranged(0.0, NONNEG)
+  temperature: float = ranged(4.0, POS)
 
 
 Builder = Callable[..., Distiller]
@@ -125,14 +128,23 @@ def register(name: str, hparams: type, *, needs_teacher: bool = True,
 
   Args:
     name: the ``config.method.name`` that selects the method.
-    hparams: the method's frozen hyperparameter dataclass (defaults = published values).
+    hparams: the method's frozen hyperparameter dataclass (defaults = published values),
+      every field declared ``ranges.ranged(default, accepted)``.
     needs_teacher: whether the method distils from a teacher (checked before building).
     needs_labels: the builder also takes ``train_labels``, the (N,) int labels of the
       training split in index order (CRD's negatives).
+
+  Raises:
+    ValueError: `name` already registered, or a field of `hparams` without a range.
   """
   def wrap(fn: Builder) -> Builder:
     if name in _REGISTRY:
       raise ValueError(f"method {name!r} registered twice")
+    unranged = unranged_fields(hparams)
+    if unranged:
+      raise ValueError(f"method {name!r}: field(s) {', '.join(unranged)} of "
+                       f"{hparams.__qualname__} declare no range; write each as "
+                       "ranges.ranged(default, accepted)")
     _REGISTRY[name] = _Entry(fn, hparams, needs_teacher, needs_labels)
     return fn
   return wrap

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
                                   require_features, unshard_batch)
+from afd_jax.methods.ranges import NONNEG, POS_INT, ranged
 from afd_jax.models import layers
 
 
@@ -30,8 +31,8 @@ class Config(LogitTerms):
   ``scripts/run_cifar_distill.sh``: ``--distill correlation -a 0 -b 0.02``;
   ``train_student.py``: ``LinearEmbed(feat[-1], feat_dim = 128)`` for both nets):
   CE + 0.02·L_CC."""
-  beta: float = 0.02
-  embed_dim: int = 128
+  beta: float = ranged(0.02, NONNEG)
+  embed_dim: int = ranged(128, POS_INT)
 
 
 def cc_loss(e_s: jnp.ndarray, e_t: jnp.ndarray) -> jnp.ndarray:

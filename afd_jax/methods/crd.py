@@ -58,6 +58,8 @@ import numpy as np
 
 from afd_jax.methods.base import (Distiller, LogitTerms, check_choice, logit_terms,
                                   register, require_features, unshard_batch)
+from afd_jax.methods.ranges import (BOOL, BY_METHOD, NONNEG, POS, POS_INT, UNIT,
+                                    optional, ranged)
 from afd_jax.models import layers
 
 MODES = ("exact", "relax")
@@ -78,13 +80,13 @@ class Config(LogitTerms):
   with replacement (the same expected loss and gradient, a little more variance, and no
   (B, N) top-k: cheaper), False without (K must not exceed the negatives).
   """
-  beta: float = 0.8
-  feat_dim: int = 128
-  nce_k: int = 16384
-  nce_t: float = 0.07
-  nce_m: float = 0.5
-  mode: str = "exact"
-  replacement: bool | None = None
+  beta: float = ranged(0.8, NONNEG)
+  feat_dim: int = ranged(128, POS_INT)
+  nce_k: int = ranged(16384, POS_INT)
+  nce_t: float = ranged(0.07, POS)
+  nce_m: float = ranged(0.5, UNIT)
+  mode: str = ranged("exact", BY_METHOD)
+  replacement: bool | None = ranged(None, optional(BOOL))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -23,6 +23,7 @@ from jax.scipy.special import xlogy
 
 from afd_jax.methods.base import (Distiller, cross_entropy, epoch_warmup, register,
                                   train_step_count)
+from afd_jax.methods.ranges import NONNEG, POS, ranged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +33,11 @@ class Config:
   per-pair ``configs/cifar100/dkd/*.yaml`` set BETA 2 for resnet56/110 → resnet20/32 and
   6 for wrn_40_2 → wrn_16_2/wrn_40_1, vgg13 → vgg8/MobileNetV2, which
   ``configs/cifar100/baselines.py`` applies per pair)."""
-  ce_weight: float = 1.0
-  alpha: float = 1.0
-  beta: float = 8.0
-  temperature: float = 4.0
-  warmup_epochs: float = 20.0
+  ce_weight: float = ranged(1.0, NONNEG)
+  alpha: float = ranged(1.0, NONNEG)
+  beta: float = ranged(8.0, NONNEG)
+  temperature: float = ranged(4.0, POS)
+  warmup_epochs: float = ranged(20.0, NONNEG)
 
 
 def _kl_div(log_q: jnp.ndarray, p: jnp.ndarray) -> jnp.ndarray:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
                                   require_features)
 from afd_jax.methods.pooling import match_spatial
+from afd_jax.methods.ranges import NONNEG, POS_INT, ranged
 from afd_jax.models import layers
 
 
@@ -29,8 +30,8 @@ class Config(LogitTerms):
   """FitNet as the CRD benchmark runs it on CIFAR-100 (RepDistiller
   ``scripts/run_cifar_distill.sh``: ``--distill hint -a 0 -b 100``; ``--hint_layer``
   default 2, ``-r`` default 1): CE + 100·MSE at the stage-2 output."""
-  beta: float = 100.0
-  hint_stage: int = 2
+  beta: float = ranged(100.0, NONNEG)
+  hint_stage: int = ranged(2, POS_INT)
 
 
 def hint_loss(regressed: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, InitPhase, LogitTerms, PairingError, logit_terms,
                                   register, stage_features)
 from afd_jax.methods.pooling import match_spatial
+from afd_jax.methods.ranges import POS_INT, ranged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Config(LogitTerms):
 
   ``init_epochs``: length of the init phase.
   """
-  init_epochs: int = 30
+  init_epochs: int = ranged(30, POS_INT)
 
 
 def fsp_matrices(feats) -> list[jnp.ndarray]:

@@ -32,12 +32,17 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, InitPhase, LogitTerms, last_stage, logit_terms,
                                   register)
 from afd_jax.methods.pooling import l2_normalize, match_spatial
+from afd_jax.methods.ranges import (NONNEG, POS, POS_INT, Range, is_number, optional,
+                                    ranged)
 from afd_jax.models import layers
 
 # RepDistiller (``helper/pretrain.py``) trains the paraphraser of these students at lr 0.01.
 INIT_LR_001_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44",
                         "resnet56", "resnet110", "resnet8x4", "resnet32x4", "wrn_16_1",
                         "wrn_16_2", "wrn_40_1", "wrn_40_2")
+
+_RATE = Range(lambda v: is_number(v) and 0 < v <= 1,
+              "in (0, 1] (the paraphraser's channel ratio)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +62,12 @@ class Config(LogitTerms):
 
   ``init_lr``: the init phase's lr; None: the release's rule above.
   """
-  beta: float = 200.0
-  rate: float = 0.5
-  p1: int = 2
-  p2: int = 1
-  init_epochs: int = 30
-  init_lr: float | None = None
+  beta: float = ranged(200.0, NONNEG)
+  rate: float = ranged(0.5, _RATE)
+  p1: int = ranged(2, POS_INT)
+  p2: int = ranged(1, POS_INT)
+  init_epochs: int = ranged(30, POS_INT)
+  init_lr: float | None = ranged(None, optional(POS))
 
 
 def _conv3x3(features: int, fan_in: int, name: str, transpose: bool = False) -> nn.Module:

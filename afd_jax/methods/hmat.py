@@ -66,6 +66,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, LogitTerms, PairingError, check_choice,
                                   logit_terms, paired_stages, register)
 from afd_jax.methods.pooling import adaptive_avg_pool, attention_map, match_spatial
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, POS, POS_INT, ranged
 from afd_jax.models import layers
 
 DISTANCES = ("kl", "mse")
@@ -76,17 +77,17 @@ MID_REDUCTIONS = ("mean", "sum")
 class Config(LogitTerms):
   """HMAT hyperparameters of our interpretation (see the module docstring for how the
   weights were chosen; no published values exist)."""
-  kd_weight: float = 1.0
-  temperature: float = 4.0
-  position_weight: float = 1.0
-  activation_weight: float = 1000.0
-  channel_weight: float = 1.0
-  position_pool: int = 16
-  position_distance: str = "kl"
-  channel_distance: str = "kl"
-  mid_reduction: str = "mean"
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  kd_weight: float = ranged(1.0, NONNEG)
+  temperature: float = ranged(4.0, POS)
+  position_weight: float = ranged(1.0, NONNEG)
+  activation_weight: float = ranged(1000.0, NONNEG)
+  channel_weight: float = ranged(1.0, NONNEG)
+  position_pool: int = ranged(16, POS_INT)
+  position_distance: str = ranged("kl", BY_METHOD)
+  channel_distance: str = ranged("kl", BY_METHOD)
+  mid_reduction: str = ranged("mean", BY_METHOD)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
   def __post_init__(self):
     check_choice("hmat", "position_distance", self.position_distance, DISTANCES)

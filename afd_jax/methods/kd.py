@@ -6,6 +6,7 @@ import dataclasses
 import flax.linen as nn
 
 from afd_jax.methods.base import Distiller, LogitTerms, logit_terms, register
+from afd_jax.methods.ranges import BOOL, NONNEG, POS, ranged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,16 +19,16 @@ class NoneConfig:
       jfzhang95's DeepLab (``utils/loss.py``: ``SegmentationLosses(batch_average=True)``)
       trains its teachers and student baselines. Class logits: no effect.
   """
-  batch_average: bool = True
+  batch_average: bool = ranged(True, BOOL)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(LogitTerms):
   """Hinton et al. 2015, as the CRD benchmark runs it on CIFAR-100 (RepDistiller README:
   ``--distill kd -r 0.1 -a 0.9 -b 0``, ``--kd_T 4``): 0.1·CE + 0.9·KD at τ = 4."""
-  ce_weight: float = 0.1
-  kd_weight: float = 0.9
-  temperature: float = 4.0
+  ce_weight: float = ranged(0.1, NONNEG)
+  kd_weight: float = ranged(0.9, NONNEG)
+  temperature: float = ranged(4.0, POS)
 
 
 class LogitObjective(nn.Module):

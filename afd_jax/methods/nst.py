@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import Distiller, LogitTerms, logit_terms, paired_stages, register
 from afd_jax.methods.pooling import l2_normalize, match_spatial
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, ranged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +31,9 @@ class Config(LogitTerms):
   ``student_stages`` / ``teacher_stages``: 1-based stages to pair (default: all, one to
   one; RepDistiller zips the lists, we refuse unequal counts instead).
   """
-  beta: float = 50.0
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  beta: float = ranged(50.0, NONNEG)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
 
 def channel_maps(f: jnp.ndarray) -> jnp.ndarray:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
                                   require_features, unshard_batch)
+from afd_jax.methods.ranges import NONNEG, ranged
 
 EPS = 1e-7
 
@@ -29,7 +30,7 @@ class Config(LogitTerms):
   """PKT as the CRD benchmark runs it on CIFAR-100 (HobbitLong/RepDistiller,
   ``scripts/run_cifar_distill.sh``: ``--distill pkt -a 0 -b 30000``; loss in
   ``distiller_zoo/PKT.py`` (the authors' code), feature ``feat[-1]``): CE + 3e4·L_PKT."""
-  beta: float = 30000.0
+  beta: float = ranged(30000.0, NONNEG)
 
 
 def cosine_probabilities(x: jnp.ndarray, eps: float = EPS) -> jnp.ndarray:

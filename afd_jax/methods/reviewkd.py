@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, cross_entropy, epoch_warmup, paired_stages,
                                   register, require_features, train_step_count)
 from afd_jax.methods.pooling import adaptive_avg_pool
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, POS_INT, ranged
 from afd_jax.models import layers
 
 # kaiming_uniform_(a=1), the release's ABF conv init: uniform(±sqrt(3 / fan_in)).
@@ -44,12 +45,12 @@ class Config:
 
   ``student_stages`` / ``teacher_stages``: 1-based stages to pair (default: all).
   """
-  ce_weight: float = 1.0
-  beta: float = 5.0
-  warmup_epochs: float = 20.0
-  max_mid_channels: int = 512
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  ce_weight: float = ranged(1.0, NONNEG)
+  beta: float = ranged(5.0, NONNEG)
+  warmup_epochs: float = ranged(20.0, NONNEG)
+  max_mid_channels: int = ranged(512, POS_INT)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
 
 def nearest_resize(x: jnp.ndarray, out_hw: tuple[int, int]) -> jnp.ndarray:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
                                   require_features, unshard_batch)
 from afd_jax.methods.pooling import l2_normalize
+from afd_jax.methods.ranges import NONNEG, ranged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +29,9 @@ class Config(LogitTerms):
   """RKD as the CRD benchmark runs it on CIFAR-100 (HobbitLong/RepDistiller,
   ``scripts/run_cifar_distill.sh``: ``--distill rkd -a 0 -b 1``; ``distiller_zoo/RKD.py``:
   ``w_d = 25``, ``w_a = 50``; feature ``feat[-1]``)."""
-  beta: float = 1.0
-  distance_weight: float = 25.0
-  angle_weight: float = 50.0
+  beta: float = ranged(1.0, NONNEG)
+  distance_weight: float = ranged(25.0, NONNEG)
+  angle_weight: float = ranged(50.0, NONNEG)
 
 
 def pairwise_distances(e: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, cross_entropy, register,
                                   segmentation_cross_entropy)
 from afd_jax.methods.pooling import adaptive_avg_pool, l2_normalize
+from afd_jax.methods.ranges import BY_METHOD, GRID, NONNEG, POS, ranged
 from afd_jax.methods.seg_features import (batch_reshape, dense_feature_pair, patch_layout,
                                           unfold_patches)
 
@@ -61,10 +62,10 @@ class DenseTerms:
     alpha: ``--alpha`` (argparse default 0.1; ``train_comp.sh`` keeps it).
     student_feature, teacher_feature: feature names (default ``decoder``).
   """
-  ce_weight: float = 1.0
-  alpha: float = 0.1
-  student_feature: str | None = None
-  teacher_feature: str | None = None
+  ce_weight: float = ranged(1.0, NONNEG)
+  alpha: float = ranged(0.1, NONNEG)
+  student_feature: str | None = ranged(None, BY_METHOD)
+  teacher_feature: str | None = ranged(None, BY_METHOD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +76,8 @@ class SegKDConfig(DenseTerms):
     scale: the distiller's factor (0.01).
     temperature: T (7).
   """
-  scale: float = 0.01
-  temperature: float = 7.0
+  scale: float = ranged(0.01, POS)
+  temperature: float = ranged(7.0, POS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +99,8 @@ class ICKDConfig(DenseTerms):
     scale: the distiller's factor (0.5).
     patch_grid: (n, m), ``-n``/``-m``.
   """
-  scale: float = 0.5
-  patch_grid: tuple[int, ...] = (8, 8)
+  scale: float = ranged(0.5, POS)
+  patch_grid: tuple[int, ...] = ranged((8, 8), GRID)
 
 
 # ---- the distillers' D, plain functions of (B, H, W, C) arrays ------------------------

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from afd_jax.methods.base import Distiller, register, require_features, stage_features
+from afd_jax.methods.ranges import BOOL, BY_METHOD, NONNEG, POS_INT, ranged
 from afd_jax.methods.reviewkd import hcl_loss, nearest_resize
 from afd_jax.methods.seg_comp import release_cross_entropy
 
@@ -59,12 +60,12 @@ class Config:
     student_features, teacher_features: level names (default: every ``stage{i}.out``,
       then ``aspp`` and ``decoder``), paired in order.
   """
-  ce_weight: float = 1.0
-  alpha: float = 0.1
-  mid_channels: int = 256
-  train_abf: bool = False
-  student_features: tuple[str, ...] | None = None
-  teacher_features: tuple[str, ...] | None = None
+  ce_weight: float = ranged(1.0, NONNEG)
+  alpha: float = ranged(0.1, NONNEG)
+  mid_channels: int = ranged(256, POS_INT)
+  train_abf: bool = ranged(False, BOOL)
+  student_features: tuple[str, ...] | None = ranged(None, BY_METHOD)
+  teacher_features: tuple[str, ...] | None = ranged(None, BY_METHOD)
 
 
 class _BatchNorm(nn.Module):

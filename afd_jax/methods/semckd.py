@@ -35,6 +35,7 @@ from afd_jax.analysis import links
 from afd_jax.methods.base import (Distiller, LogitTerms, logit_terms, register,
                                   require_features, stage_features, unshard_batch)
 from afd_jax.methods.pooling import adaptive_avg_pool, l2_normalize
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, POS, POS_INT, ranged
 from afd_jax.models import layers
 
 
@@ -48,13 +49,13 @@ class Config(LogitTerms):
   ``student_stages`` / ``teacher_stages``: 1-based stages to link (default: all; the
   counts may differ).
   """
-  kd_weight: float = 1.0
-  temperature: float = 4.0
-  beta: float = 400.0
-  gram_size: int = 64
-  factor: int = 4
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  kd_weight: float = ranged(1.0, NONNEG)
+  temperature: float = ranged(4.0, POS)
+  beta: float = ranged(400.0, NONNEG)
+  gram_size: int = ranged(64, POS_INT)
+  factor: int = ranged(4, POS_INT)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
 
 def gram_rows(f: jnp.ndarray, group: int) -> jnp.ndarray:

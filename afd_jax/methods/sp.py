@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from afd_jax.methods.base import (Distiller, LogitTerms, last_stage, logit_terms, register,
                                   unshard_batch)
 from afd_jax.methods.pooling import l2_normalize
+from afd_jax.methods.ranges import NONNEG, ranged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Config(LogitTerms):
   """SP as the CRD benchmark runs it on CIFAR-100 (HobbitLong/RepDistiller,
   ``scripts/run_cifar_distill.sh``: ``--distill similarity -a 0 -b 3000``; loss in
   ``distiller_zoo/SP.py``, feature ``feat[-2]`` in ``helper/loops.py``): CE + 3000·L_SP."""
-  beta: float = 3000.0
+  beta: float = ranged(3000.0, NONNEG)
 
 
 def similarity_matrix(f: jnp.ndarray) -> jnp.ndarray:

@@ -79,6 +79,8 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import Distiller, check_choice, logit_terms, register
 from afd_jax.methods.pooling import match_spatial
+from afd_jax.methods.ranges import (BOOL, BY_METHOD, GRID, NONNEG, POS, POS_INT,
+                                    optional, ranged)
 from afd_jax.methods.seg_features import (batch_reshape, dense_feature_pair, patch_layout,
                                           unfold_patches)
 from afd_jax.models import layers
@@ -116,21 +118,21 @@ class Config:
     anchor_grid: hierarchical (ah, aw), ``--anchor_h``/``--anchor_w`` (32).
     beta, gamma: hierarchical ``beta·L_P + gamma·L_A`` (BETA=1.0, GAMMA=0.4).
   """
-  mode: str = "global"
-  ce_weight: float | None = None
-  kd_weight: float | None = None
-  temperature: float | None = None
-  learnable_key: bool | None = None
-  weight: float | None = None
-  student_feature: str | None = None
-  teacher_feature: str | None = None
-  embed_kernel: int = 3
-  attention_temperature: float = 1.0
-  patch_grid: tuple[int, ...] = (16, 16)
-  heads: int = 64
-  anchor_grid: tuple[int, ...] = (32, 32)
-  beta: float = 1.0
-  gamma: float = 0.4
+  mode: str = ranged("global", BY_METHOD)
+  ce_weight: float | None = ranged(None, optional(NONNEG))
+  kd_weight: float | None = ranged(None, optional(NONNEG))
+  temperature: float | None = ranged(None, optional(POS))
+  learnable_key: bool | None = ranged(None, optional(BOOL))
+  weight: float | None = ranged(None, NONNEG)
+  student_feature: str | None = ranged(None, BY_METHOD)
+  teacher_feature: str | None = ranged(None, BY_METHOD)
+  embed_kernel: int = ranged(3, POS_INT)
+  attention_temperature: float = ranged(1.0, POS)
+  patch_grid: tuple[int, ...] = ranged((16, 16), GRID)
+  heads: int = ranged(64, POS_INT)
+  anchor_grid: tuple[int, ...] = ranged((32, 32), GRID)
+  beta: float = ranged(1.0, NONNEG)
+  gamma: float = ranged(0.4, NONNEG)
 
   def __post_init__(self):
     check_choice("tat", "mode", self.mode, MODES)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from afd_jax.methods.base import Distiller, LogitTerms, logit_terms, paired_stages, register
 from afd_jax.methods.pooling import match_spatial
+from afd_jax.methods.ranges import BY_METHOD, NONNEG, POS, ranged
 from afd_jax.models import layers
 
 
@@ -37,11 +38,11 @@ class Config(LogitTerms):
 
   ``student_stages`` / ``teacher_stages``: 1-based stages to pair (default: all).
   """
-  beta: float = 1.0
-  init_var: float = 5.0
-  eps: float = 1e-5
-  student_stages: tuple[int, ...] | None = None
-  teacher_stages: tuple[int, ...] | None = None
+  beta: float = ranged(1.0, NONNEG)
+  init_var: float = ranged(5.0, POS)
+  eps: float = ranged(1e-5, POS)
+  student_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
+  teacher_stages: tuple[int, ...] | None = ranged(None, BY_METHOD)
 
 
 def vid_nll(pred_mean: jnp.ndarray, target: jnp.ndarray, log_scale: jnp.ndarray,
