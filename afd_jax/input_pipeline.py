@@ -370,25 +370,3 @@ class Dataset:
                                       * local_batch)
     return ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
 
-
-def get_dataset_info(config_data: ml_collections.ConfigDict) -> DatasetInfo:
-  """Sizes and classes of the dataset `config_data` names, preparing it if needed/allowed.
-
-  Raises:
-    ValueError: unknown dataset name, or not an image-classification or segmentation
-      dataset.
-    DatasetNotAvailableError: not prepared in ``data_dir`` and not downloadable.
-  """
-  return Dataset(config_data).info
-
-
-def create_train_iterator(config_data: ml_collections.ConfigDict, global_batch_size: int,
-                          seed: int, start_step: int = 0) -> Iterator[Batch]:
-  """`Dataset.train_iterator` of a freshly opened dataset."""
-  return Dataset(config_data).train_iterator(global_batch_size, seed, start_step)
-
-
-def create_eval_iterator(config_data: ml_collections.ConfigDict,
-                         global_batch_size: int) -> Iterator[Batch]:
-  """`Dataset.eval_iterator` of a freshly opened dataset."""
-  return Dataset(config_data).eval_iterator(global_batch_size)

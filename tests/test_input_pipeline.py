@@ -52,7 +52,7 @@ def test_digits_builder_splits_features_and_stratification(digits_data_dir):
 
 
 def test_digits_is_prepared_automatically_offline(tmp_path):
-  info = input_pipeline.get_dataset_info(data_config(str(tmp_path)))
+  info = input_pipeline.Dataset(data_config(str(tmp_path))).info
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (
       10, NUM_TRAIN, NUM_TEST)
   assert (tmp_path / "digits" / "1.0.0" / "dataset_info.json").exists()
@@ -60,12 +60,12 @@ def test_digits_is_prepared_automatically_offline(tmp_path):
 
 def test_dataset_info_and_train_batch_shapes(digits_data_dir):
   config = data_config(digits_data_dir, num_train_examples=64)
-  info = input_pipeline.get_dataset_info(config)
+  info = input_pipeline.Dataset(config).info
   assert (info.num_train_examples, info.image_size) == (64, 32)
   assert info.steps_per_epoch(16) == 4
-  assert input_pipeline.get_dataset_info(data_config(digits_data_dir)).steps_per_epoch(
+  assert input_pipeline.Dataset(data_config(digits_data_dir)).info.steps_per_epoch(
       64) == NUM_TRAIN // 64
-  batch = next(input_pipeline.create_train_iterator(config, 16, seed=0))
+  batch = next(input_pipeline.Dataset(config).train_iterator(16, seed=0))
   assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.float32
   assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
 
@@ -97,8 +97,8 @@ def test_index_is_the_examples_position_in_the_training_split(digits_data_dir, s
 
 def test_eval_covers_every_example_once_and_is_standardised(digits_data_dir):
   config = data_config(digits_data_dir)
-  batches = list(input_pipeline.create_eval_iterator(config, 128))
-  info = input_pipeline.get_dataset_info(config)
+  batches = list(input_pipeline.Dataset(config).eval_iterator(128))
+  info = input_pipeline.Dataset(config).info
   assert len(batches) == info.num_eval_batches(128) == 3  # 360 = 128 + 128 + 104
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.dtype == np.float32 and mask.shape == (384,) and mask.sum() == NUM_TEST
@@ -115,9 +115,9 @@ def test_eval_covers_every_example_once_and_is_standardised(digits_data_dir):
 
 def test_same_seed_same_batches_other_seed_differs(digits_data_dir):
   config = data_config(digits_data_dir)
-  first = take(input_pipeline.create_train_iterator(config, 32, seed=3), 3)
-  again = take(input_pipeline.create_train_iterator(config, 32, seed=3), 3)
-  other = take(input_pipeline.create_train_iterator(config, 32, seed=4), 3)
+  first = take(input_pipeline.Dataset(config).train_iterator(32, seed=3), 3)
+  again = take(input_pipeline.Dataset(config).train_iterator(32, seed=3), 3)
+  other = take(input_pipeline.Dataset(config).train_iterator(32, seed=4), 3)
   assert_same_batches(first, again)
   assert not np.array_equal(first[0]["label"], other[0]["label"])
   assert not np.array_equal(first[0]["image"], other[0]["image"])
@@ -125,9 +125,9 @@ def test_same_seed_same_batches_other_seed_differs(digits_data_dir):
 
 def test_start_step_resumes_exactly_across_epochs(digits_data_dir):
   config = data_config(digits_data_dir, num_train_examples=64)  # 4 steps per epoch
-  straight = take(input_pipeline.create_train_iterator(config, 16, seed=0), 8)
+  straight = take(input_pipeline.Dataset(config).train_iterator(16, seed=0), 8)
   for k in (2, 3, 5):  # within epoch 0, across the 0 -> 1 boundary, within epoch 1
-    resumed = take(input_pipeline.create_train_iterator(config, 16, seed=0, start_step=k), 2)
+    resumed = take(input_pipeline.Dataset(config).train_iterator(16, seed=0, start_step=k), 2)
     assert_same_batches(resumed, straight[k:k + 2])
   # Each epoch shows the same 64 examples, reshuffled and re-augmented.
   labels = [np.concatenate([b["label"] for b in straight[e * 4:e * 4 + 4]]) for e in (0, 1)]
@@ -139,7 +139,7 @@ def test_prefetch_to_device_builds_global_sharded_arrays(digits_data_dir):
   config = data_config(digits_data_dir, num_train_examples=64)
   mesh = Mesh(np.array(jax.devices()), ("data",))
   sharding = NamedSharding(mesh, P("data"))
-  host = take(input_pipeline.create_train_iterator(config, 16, seed=0), 3)
+  host = take(input_pipeline.Dataset(config).train_iterator(16, seed=0), 3)
   on_device = list(parallel.prefetch_to_device(iter(host), 2, sharding))
   assert len(on_device) == 3
   for h, d in zip(host, on_device):
@@ -181,23 +181,22 @@ def test_imagenet_preprocessing_gives_224_crops():
 
 def test_missing_dataset_raises_one_clear_error(tmp_path, monkeypatch):
   with pytest.raises(input_pipeline.DatasetNotAvailableError) as err:
-    input_pipeline.get_dataset_info(data_config(str(tmp_path), "cifar100"))
+    input_pipeline.Dataset(data_config(str(tmp_path), "cifar100"))
   assert "cifar100" in str(err.value) and str(tmp_path) in str(err.value)
   assert "tfds build cifar100" in str(err.value)
   # download=True offline fails at once instead of TFDS retrying for minutes.
   monkeypatch.setattr(availability, "_network_reachable", lambda: False)
   with pytest.raises(input_pipeline.DatasetNotAvailableError, match="no network"):
-    input_pipeline.create_train_iterator(
-        data_config(str(tmp_path), "cifar100", download=True), 16, seed=0)
+    input_pipeline.Dataset(data_config(str(tmp_path), "cifar100", download=True))
   # ImageNet prepares from hand-downloaded archives, offline too: say where they go.
   with pytest.raises(input_pipeline.DatasetNotAvailableError, match="imagenet2012") as err:
-    input_pipeline.get_dataset_info(data_config(str(tmp_path), "imagenet2012", download=True))
+    input_pipeline.Dataset(data_config(str(tmp_path), "imagenet2012", download=True))
   assert f"{tmp_path}/downloads/manual/" in str(err.value)
 
 
 def test_unknown_dataset_name_raises_value_error(tmp_path):
   with pytest.raises(ValueError, match="no_such_dataset_xyz"):
-    input_pipeline.get_dataset_info(data_config(str(tmp_path), "no_such_dataset_xyz"))
+    input_pipeline.Dataset(data_config(str(tmp_path), "no_such_dataset_xyz"))
 
 
 # ---- the last partial batch (issue 19, point 2) ---------------------------------------
@@ -223,8 +222,8 @@ def test_last_batch_train_ends_each_epoch_with_the_remainder_and_resumes_exactly
     resumed = take(dataset.train_iterator(16, seed=0, start_step=k, num_devices=1), 2)
     assert_same_batches(resumed, straight[k:k + 2])
   # 'drop' (the default) keeps the full batches only: the same first two of each epoch.
-  dropped = take(input_pipeline.create_train_iterator(
-      data_config(digits_data_dir, num_train_examples=40, input_shards=shards), 16, 0), 4)
+  dropped = take(input_pipeline.Dataset(data_config(
+      digits_data_dir, num_train_examples=40, input_shards=shards)).train_iterator(16, 0), 4)
   assert_same_batches(dropped, straight[0:2] + straight[3:5])
 
 

@@ -174,7 +174,7 @@ def test_voc_aug_train_is_the_releases_union_and_labels_are_read(tmp_path, manua
 
 def test_cocostuff10k_splits_and_the_releases_label_mapping(tmp_path, manual, offline):
   _fabricate_cocostuff(manual)
-  info = input_pipeline.get_dataset_info(_config("cocostuff10k", tmp_path))
+  info = input_pipeline.Dataset(_config("cocostuff10k", tmp_path)).info
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (182, 3, 2)
   for split, ids in COCO_IDS.items():
     stored = _stored_labels("cocostuff10k", tmp_path, split)
@@ -355,10 +355,10 @@ def test_digits_seg_builder_and_train_batches(digits_seg_data_dir):
 
 def test_digits_seg_resume_at_step_k_equals_the_uninterrupted_stream(digits_seg_data_dir):
   config = _digits_config(digits_seg_data_dir, num_train_examples=32)  # 4 steps/epoch
-  straight = list(itertools.islice(input_pipeline.create_train_iterator(config, 8, 0), 7))
+  straight = list(itertools.islice(input_pipeline.Dataset(config).train_iterator(8, 0), 7))
   assert not np.array_equal(straight[0]["label"], straight[1]["label"])  # steps differ
   for k in (2, 5):  # within epoch 0; within epoch 1
-    resumed = itertools.islice(input_pipeline.create_train_iterator(config, 8, 0, k), 2)
+    resumed = itertools.islice(input_pipeline.Dataset(config).train_iterator(8, 0, k), 2)
     for got, want in zip(resumed, straight[k:k + 2], strict=True):
       for key in ("image", "label", "index"):
         np.testing.assert_array_equal(got[key], want[key])
@@ -366,7 +366,7 @@ def test_digits_seg_resume_at_step_k_equals_the_uninterrupted_stream(digits_seg_
 
 def test_digits_seg_eval_covers_each_image_once(digits_seg_data_dir):
   config = _digits_config(digits_seg_data_dir)
-  batches = list(input_pipeline.create_eval_iterator(config, 64))
+  batches = list(input_pipeline.Dataset(config).eval_iterator(64))
   assert len(batches) == 4  # 200 = 64 + 64 + 64 + 8
   mask = np.concatenate([b["mask"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])

@@ -76,11 +76,6 @@ def feature_list(intermediates: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def stage_outputs(features: Mapping[str, Any]) -> list[str]:
-  """Names of the ``stage{i}.out`` features, in order."""
-  return [n for n in features if _STAGE.match(n) and n.endswith(".out")]
-
-
 def block_outputs(features: Mapping[str, Any]) -> list[str]:
   """Names of the post-activation block outputs ``stage{i}.block{j}``, in order."""
   return [n for n in features if (m := _BLOCK.match(n)) and not m.group(3)]
