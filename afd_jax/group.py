@@ -8,7 +8,7 @@ BatchNorm statistics, method state and step are stacked on a leading axis S; mem
 initialised as its own run (``train_state.create`` of its own networks, key
 ``PRNGKey(seed)``) and draws its own run's batches (the device-resident split,
 `device_data`; members of one seed draw that batch once and share the teacher's forward
-on it), and its step is built with its values traced (`seeds.vmapped_steps`), so it
+on it), and its step is built with its values traced (`vmapped_steps`), so it
 computes what its own run computes (to float rounding; tested to 1e-5).
 
 The stacked state is one orbax checkpoint in the group's own workdir (resumes as any run,
@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from afd_jax import (analysis, methods, metric_writer, models, multi_step, parallel,
-                     seeds as seeds_lib, steps, train, train_state)
+from afd_jax import (analysis, device_data, methods, metric_writer, models, multi_step,
+                     parallel, steps, train, train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import comparison
 
@@ -50,6 +50,106 @@ class Member:
   config: ml_collections.ConfigDict
   hparams: dict[str, float]
 
+
+# ------------------------------------------------------------------- step functions
+# The states of S runs stacked on a leading axis, and so are their seeds and traced values
+# (``{'method.beta': (S,), 'optim.lr': (S,), ...}``); member ``k`` computes what its own
+# run computes (to float rounding).
+
+def create_states(nets: train_state.Networks, seeds, image_size: int):
+  """Fresh `TrainState`s of `seeds`, stacked: leaf shapes (S, ...); seed k's state is
+  ``train_state.create(nets, PRNGKey(seeds[k]))``, as `train.open_run` makes it."""
+  # A loop, not a vmap: initialisation draws 'rbg' bits, which vmap may change.
+  create = jax.jit(functools.partial(train_state.create, nets, image_size=image_size))
+  states = [create(jax.random.PRNGKey(s)) for s in seeds]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def vmapped_train_step(nets: train_state.Networks, sampler: device_data.Sampler, states,
+                       data: dict[str, jax.Array], seeds: jax.Array, teacher_vars,
+                       batch_sharding=None, member_nets=None, hparams=None,
+                       map_members=False, size=None, batch_of=None):
+  """One train step of every seed on the device-resident `data`.
+
+  Args:
+    nets: the runs' static `train_state.Networks` (one model, method and optimizer).
+    sampler: the device-resident split's `device_data.Sampler`.
+    states: stacked `TrainState`s (leading axis S).
+    data: ``{'image': uint8 (N, H, W, 3), 'label': int32 (N,)}``, shared by all seeds.
+    seeds: int32 (S,), each run's seed (its data order and augmentation).
+    teacher_vars: the frozen teacher's variables (shared), or None.
+    batch_sharding: each seed's batch split over the mesh (as `multi_step.device_steps`),
+      or None (left to XLA).
+    member_nets: ``member_nets(hparams of one member) -> Networks`` with those (traced)
+      values (`train_state.build_networks`' ``hparams``); None: every member is `nets`.
+    hparams: ``{path: (S,) array}``, the members' values (with `member_nets`).
+    map_members: the members side by side (see `vmapped_steps`) instead of `jax.vmap`.
+    size: the step's batch size (`device_data.Sampler.size`; None: the full batch).
+    batch_of: static, ``batch_of[k]`` the first member with member k's seed: the batch
+      and the teacher's forward on it are computed once per distinct seed and shared
+      (the teacher in eval mode); None: each member draws its own.
+
+  Returns:
+    the new stacked states and metrics of shape (S,).
+  """
+
+  def draw(seed, step):
+    batch = sampler.batch(data, seed, step, size)
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return batch
+
+  def one(state, seed, hp, shared=None):
+    member = nets if member_nets is None or not hp else member_nets(hp)
+    if shared is None:
+      return steps.train_step(member, state, draw(seed, state.step), teacher_vars)
+    batch, teacher_out = shared
+    return steps.train_step(member, state, batch, teacher_vars, teacher_out)
+
+  hp, shared = hparams or {}, None
+  if batch_of is not None:
+    if getattr(nets.distiller, "teacher_train_mode", False):
+      raise ValueError("batch_of shares the teacher's eval-mode forward; this method "
+                       "runs its teacher in train mode")
+    firsts = sorted(set(batch_of))
+    step = states.step[0]  # a group's members are always at the same step
+    drawn = {u: draw(seeds[u], step) for u in firsts}
+    drawn = {u: (b, steps.teacher_outputs(nets, teacher_vars, b["image"]))
+             for u, b in drawn.items()}
+    shared = [drawn[u] for u in batch_of]
+  if map_members:  # one member after another inside the program (see `vmapped_steps`)
+    outs = [one(unstack(states, k), seeds[k], {p: v[k] for p, v in hp.items()},
+                None if shared is None else shared[k]) for k in range(len(seeds))]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+  if shared is None:
+    return jax.vmap(one)(states, seeds, hp)
+  return jax.vmap(one)(states, seeds, hp, jax.tree.map(lambda *xs: jnp.stack(xs), *shared))
+
+
+def vmapped_steps(nets, sampler, n: int, states, data, seeds, teacher_vars,
+                  batch_sharding=None, member_nets=None, hparams=None, map_members=None,
+                  size=None, batch_of=None):
+  """`n` vmapped steps in one program (`multi_step.repeat`); metrics (n, S).
+
+  `map_members`: the members' steps side by side in the program (unrolled: S copies of
+  the step) instead of batched (`jax.vmap`); None: on CPU only, where XLA's batched
+  convolutions (one weight per member) are many times slower than S plain ones.
+  """
+  if map_members is None:
+    map_members = jax.default_backend() == "cpu"
+  return multi_step.repeat(
+      lambda s, _: vmapped_train_step(nets, sampler, s, data, seeds, teacher_vars,
+                                      batch_sharding, member_nets, hparams, map_members,
+                                      size, batch_of),
+      states, n)
+
+
+def unstack(states, k: int):
+  """Seed `k`'s state out of the stacked `states`."""
+  return jax.tree.map(lambda x: x[k], states)
+
+
+# ------------------------------------------------------------------------- the group
 
 def stacked_create(members: tuple[Member, ...]):
   """`train.open_run`'s ``make_create`` for the group: every member's fresh state,
@@ -100,7 +200,7 @@ class Dispatcher:
 
   def program(self, n: int, size: int):
     if (n, size) not in self.programs:
-      fn = functools.partial(seeds_lib.vmapped_steps, self.run.nets, self.run.sampler, n,
+      fn = functools.partial(vmapped_steps, self.run.nets, self.run.sampler, n,
                              batch_sharding=self.sharded, member_nets=self.member_nets,
                              size=size, batch_of=self.batch_of)
       self.programs[n, size] = jax.jit(
@@ -197,7 +297,7 @@ def _evaluate(run: train.Run, states, step: int, members, evaluate, writer) -> N
   """Evaluates each member's student; keeps per-member bests and the best mean checkpoint."""
   score, row, per = evaluate.score, {}, {}
   for k, m in enumerate(members):
-    state = seeds_lib.unstack(states, k)
+    state = unstack(states, k)
     per[m.name] = evaluate(run.nets.student, train_state.student_variables(state))
     _member_analyses(run, state, step, m, evaluate, writer)
     row.update({f"{m.name}/eval/{key}": v for key, v in per[m.name].items()})

@@ -12,7 +12,7 @@ CIFAR-100-shaped uint8 data of `--num-examples` images and the real jitted train
   TensorFlow is absent, pre-made numpy batches (the feed is named in the table);
 * (b) device-resident data (`afd_jax.device_data`), k steps per dispatch for each k of
   `--ks` (the best k is reported);
-* (c) `--seeds` seeds vmapped in one program (`afd_jax.seeds`) at that best k.
+* (c) `--seeds` seeds vmapped in one program (`afd_jax.group`) at that best k.
 
 Each mode is compiled (time reported), warmed up once, then timed over `--steps` steps
 (dispatches are not waited for one by one: that is the point of the device path).
@@ -61,7 +61,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from afd_jax import (device_data, methods, multi_step, parallel, seeds,  # noqa: E402
+from afd_jax import (device_data, group, methods, multi_step, parallel,  # noqa: E402
                      steps, train_state)
 from afd_jax import transforms  # noqa: E402
 from configs import common  # noqa: E402
@@ -183,11 +183,11 @@ def bench_method(teacher: str, student: str, method: str, args, images, labels) 
   best = min((r for r in rows if r["mode"] == "(b) device"), key=lambda r: r["ms_per_step"])
   if args.seeds:
     k, ids = best["k"], jnp.arange(args.seeds, dtype=jnp.int32)
-    program = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, k),
+    program = jax.jit(functools.partial(group.vmapped_steps, nets, sampler, k),
                       donate_argnums=(0,))
     row(f"(c) {args.seeds} seeds", k, args.seeds, *timed(
         lambda s: program(s, data, ids, teacher_vars),
-        seeds.create_states(nets, range(args.seeds), 32), args.steps, k), "device")
+        group.create_states(nets, range(args.seeds), 32), args.steps, k), "device")
   base = rows[0]["images_per_s"]
   for r in rows:
     r["vs_a"] = r["images_per_s"] / base
@@ -213,13 +213,13 @@ def sweep_rows(teacher: str, student: str, method: str, args, images, labels) ->
                             args.steps, k)
   member_seeds = [i % 2 for i in range(n)]  # as `group` runs them: one batch and teacher
   batch_of = tuple(member_seeds.index(s) for s in member_seeds)  # forward per seed
-  program = jax.jit(functools.partial(seeds.vmapped_steps, nets, sampler, k,
+  program = jax.jit(functools.partial(group.vmapped_steps, nets, sampler, k,
                                       member_nets=lambda hp: build(hparams=hp),
                                       batch_of=batch_of if n > 2 else None),
                     donate_argnums=(0,))
   compile_n, step_n = timed(
       lambda s: program(s, data, ids, teacher_vars, hparams=hparams),
-      jax.device_put(seeds.create_states(nets, [i % 2 for i in range(n)], 32),
+      jax.device_put(group.create_states(nets, [i % 2 for i in range(n)], 32),
                      parallel.replicated(mesh)), args.steps, k)
   rows = []
   for members, compile_s, step_s in ((1, compile_1, step_1), (n, compile_n, step_n)):

@@ -259,16 +259,16 @@ def test_traced_lr_and_weight_decay_members_equal_runs_of_those_values(map_membe
 
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from afd_jax import multi_step, parallel, seeds, train_state  # pylint: disable=g-import-not-at-top
+  from afd_jax import group, multi_step, parallel, train_state  # pylint: disable=g-import-not-at-top
   from config_loading import tiny_device_setup  # pylint: disable=g-import-not-at-top
   nets, sampler, data = tiny_device_setup()
   config = tiny_config(None)
   values = {"optim.lr": [0.05, 0.2], "optim.weight_decay": [5e-4, 5e-2]}
   build = functools.partial(train_state.build_networks, config, 10, 2)
-  states = seeds.create_states(nets, member_seeds, 32)
+  states = group.create_states(nets, member_seeds, 32)
   batch_of = (0, 0) if member_seeds == (0, 0) else (0, 1)
   together, metrics = jax.jit(functools.partial(
-      seeds.vmapped_steps, nets, sampler, 2, member_nets=lambda hp: build(hparams=hp),
+      group.vmapped_steps, nets, sampler, 2, member_nets=lambda hp: build(hparams=hp),
       map_members=map_members, batch_of=batch_of))(
           states, data, jnp.array(member_seeds, jnp.int32), None,
           hparams={k: jnp.asarray(v) for k, v in values.items()})
@@ -278,7 +278,7 @@ def test_traced_lr_and_weight_decay_members_equal_runs_of_those_values(map_membe
     alone = jax.jit(functools.partial(multi_step.device_steps, own, sampler, sharded, 2, 16))
     state, m = alone(train_state.create(own, jax.random.PRNGKey(seed), image_size=32),
                      data, jnp.int32(seed), None)
-    mine = seeds.unstack(together, k)
+    mine = group.unstack(together, k)
     chex.assert_trees_all_close(mine.params, state.params, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(metrics["lr"][:, k], m["lr"], rtol=1e-6)
     np.testing.assert_allclose(metrics["loss"][:, k], m["loss"], rtol=1e-5)

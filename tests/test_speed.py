@@ -38,7 +38,7 @@ def test_training_and_the_benchmark_need_neither_tensorflow_nor_torch(tmp_path):
   writers) import, and the benchmark runs, fed by its host NumPy path."""
   script = BLOCK_TF_AND_TORCH + textwrap.dedent(f"""
       import runpy
-      import afd_jax, afd_jax.train, afd_jax.steps, afd_jax.device_data, afd_jax.seeds
+      import afd_jax, afd_jax.train, afd_jax.steps, afd_jax.device_data, afd_jax.group
       import afd_jax.models, afd_jax.methods, afd_jax.checkpointing, afd_jax.interop
       import afd_jax.interop.torch
       sys.argv = ["benchmark.py", "--pairs=resnet8:resnet8", "--methods=kd", "--steps=2",
