@@ -172,7 +172,7 @@ class Sampler:
 
 def _unsupported(config_data: ml_collections.ConfigDict, dataset) -> str | None:
   """Why `dataset` cannot be device-resident (None if it can)."""
-  prep = transforms.get_preprocessing(config_data.name)
+  prep = transforms.get_preprocessing(config_data.name, config_data.get("augment"))
   shape = tuple(dataset.builder.info.features[dataset.image_key].shape)
   size = dataset.info.image_size
   nbytes = dataset.info.num_train_examples * size * size * 3

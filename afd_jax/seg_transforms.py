@@ -228,6 +228,7 @@ class SegPreprocessing:
 
 _RELEASE = dict(mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
                 default_image_size=513, default_base_size=513)
+# The preprocessings by name (``config.data.augment``).
 SEG_PREPROCESSING: dict[str, SegPreprocessing] = {
     # The release pads VOC labels with RandomScaleCrop's default fill=0 (background) and
     # COCO-Stuff's with fill=255 (ignore).
@@ -237,9 +238,15 @@ SEG_PREPROCESSING: dict[str, SegPreprocessing] = {
     "digits_seg": SegPreprocessing(mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
                                    default_image_size=64, default_base_size=64, flip=False),
 }
+# Each dataset's own, used when ``config.data.augment`` is unset.
+DATASET_SEG_PREPROCESSING: dict[str, str] = {name: name for name in SEG_PREPROCESSING}
 
 
-def get_preprocessing(name: str) -> SegPreprocessing:
-  """The registered preprocessing of segmentation dataset `name`; the release's (513,
-  ImageNet statistics, padding labelled 255) for any other."""
-  return SEG_PREPROCESSING.get(transforms.base_name(name), SegPreprocessing(**_RELEASE))
+def get_preprocessing(name: str, augment: str | None = None) -> SegPreprocessing:
+  """The preprocessing `augment` names, or by default segmentation dataset `name`'s own.
+
+  Raises:
+    ValueError: an unknown `augment`, or `augment` None and a dataset without its own.
+  """
+  return SEG_PREPROCESSING[transforms.preprocessing_name(
+      name, augment, SEG_PREPROCESSING, DATASET_SEG_PREPROCESSING)]

@@ -1,9 +1,13 @@
-"""Image transforms of the tf.data path and the per-dataset preprocessing registry.
+"""Image transforms of the tf.data path and the preprocessing registry.
 
 Images are uint8 (H, W, 3) in, float32 (size, size, 3) in [0, 255] out; seeds are int
 (2,) tensors for TF's stateless random ops, so every augmentation is a pure function of
 its seed. TensorFlow is imported inside the transforms, only when the tf.data path runs:
 the registry (statistics, which datasets flip) is TF-free for `afd_jax.device_data`.
+
+A run's preprocessing is ``config.data.augment`` (a key of `PREPROCESSING`), unset: its
+dataset's own (`DATASET_PREPROCESSING`); an unknown name, or a dataset without one of its
+own and no ``augment``, is an error listing the accepted ones.
 """
 from __future__ import annotations
 
@@ -170,17 +174,25 @@ IMAGENET_PREPROCESSING = Preprocessing(
     eval=lambda b, size: resize_centre_crop(_decode(b), size),
     mean=IMAGENET_MEAN, std=IMAGENET_STD, default_image_size=224)
 
+# The preprocessings by name (``config.data.augment``).
 PREPROCESSING: dict[str, Preprocessing] = {
     "cifar10": _cifar_style(CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": _cifar_style(CIFAR100_MEAN, CIFAR100_STD),
     # Digits are not mirror-symmetric (a flipped 2 is no digit): crop only.
     "digits": _cifar_style(DIGITS_MEAN, DIGITS_STD, flip=False),
-    "imagenet2012": IMAGENET_PREPROCESSING,
+    "imagenet": IMAGENET_PREPROCESSING,
+}
+# Each dataset's own, used when ``config.data.augment`` is unset.
+DATASET_PREPROCESSING: dict[str, str] = {
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "digits": "digits",
+    "imagenet2012": "imagenet",
     # Transfer targets (AFD / L2T-ww): ImageNet-style 224 crops, like their teacher's data.
-    "caltech_birds2011": IMAGENET_PREPROCESSING,
-    "stanford_dogs": IMAGENET_PREPROCESSING,
-    "mit67": IMAGENET_PREPROCESSING,
-    "stanford40": IMAGENET_PREPROCESSING,
+    "caltech_birds2011": "imagenet",
+    "stanford_dogs": "imagenet",
+    "mit67": "imagenet",
+    "stanford40": "imagenet",
 }
 
 
@@ -189,6 +201,31 @@ def base_name(name: str) -> str:
   return name.split(":")[0].split("/")[0]
 
 
-def get_preprocessing(name: str) -> Preprocessing:
-  """The registered preprocessing of TFDS dataset `name`; ImageNet's for any other."""
-  return PREPROCESSING.get(base_name(name), IMAGENET_PREPROCESSING)
+def preprocessing_name(dataset: str, augment: str | None, names: Iterable[str],
+                       defaults: dict[str, str]) -> str:
+  """The preprocessing to use: `augment` if set, else `dataset`'s own in `defaults`.
+
+  Raises:
+    ValueError: `augment` not among `names`, or `augment` unset and `dataset` without
+      one of its own (each names the accepted values).
+  """
+  if augment is not None:
+    if augment not in names:
+      raise ValueError(f"unknown config.data.augment={augment!r}; accepted: "
+                       f"{', '.join(names)}")
+    return augment
+  if base_name(dataset) not in defaults:
+    raise ValueError(f"dataset {dataset!r} has no preprocessing of its own (those with "
+                     f"one: {', '.join(defaults)}); set config.data.augment to one of: "
+                     f"{', '.join(names)}")
+  return defaults[base_name(dataset)]
+
+
+def get_preprocessing(name: str, augment: str | None = None) -> Preprocessing:
+  """The preprocessing `augment` names, or by default TFDS dataset `name`'s own.
+
+  Raises:
+    ValueError: an unknown `augment`, or `augment` None and a dataset without its own.
+  """
+  return PREPROCESSING[preprocessing_name(name, augment, PREPROCESSING,
+                                          DATASET_PREPROCESSING)]

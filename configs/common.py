@@ -89,8 +89,11 @@ def base() -> ml_collections.ConfigDict:
   c.num_devices = ml_collections.config_dict.placeholder(int)
   c.max_steps = ml_collections.config_dict.placeholder(int)
   c.steps_per_dispatch = 1
+  # augment: the preprocessing by name (a key of afd_jax.transforms.PREPROCESSING, or of
+  # seg_transforms.SEG_PREPROCESSING for segmentation); None: the dataset's own.
   c.data = ml_collections.ConfigDict(dict(
       name="cifar100", data_dir=ml_collections.config_dict.placeholder(str),
+      augment=ml_collections.config_dict.placeholder(str),
       image_size=32, download=True, train_split="train", eval_split="test",
       shuffle_buffer=50_000, num_train_examples=ml_collections.config_dict.placeholder(int),
       num_eval_examples=ml_collections.config_dict.placeholder(int),

@@ -162,12 +162,35 @@ def test_pad_crop_flip_pads_with_zeros_crops_and_flips():
   np.testing.assert_array_equal(again, outputs[5])
 
 
+def test_the_preprocessing_is_the_datasets_own_or_the_one_named_by_data_augment():
+  """Each dataset's own by default; `augment` names another; a dataset without its own
+  and no `augment`, or an unknown `augment`, is a one-line error listing the accepted."""
+  own = {name: transforms.get_preprocessing(name) for name in (
+      "cifar10", "cifar100:3.0.2", "digits", "imagenet2012", "mit67", "stanford_dogs")}
+  assert own["cifar100:3.0.2"].mean == transforms.CIFAR100_MEAN
+  assert own["cifar10"].mean == transforms.CIFAR10_MEAN and own["cifar10"].pad_crop
+  assert own["digits"].pad_crop and not own["digits"].flip
+  assert own["mit67"] is own["stanford_dogs"] is transforms.IMAGENET_PREPROCESSING
+  assert own["imagenet2012"] is transforms.IMAGENET_PREPROCESSING
+  assert transforms.get_preprocessing("cifar100", "digits") is own["digits"]
+  with pytest.raises(ValueError) as e:
+    transforms.get_preprocessing("oxford_flowers102")
+  assert str(e.value) == (
+      "dataset 'oxford_flowers102' has no preprocessing of its own (those with one: "
+      "cifar10, cifar100, digits, imagenet2012, caltech_birds2011, stanford_dogs, mit67, "
+      "stanford40); set config.data.augment to one of: cifar10, cifar100, digits, imagenet")
+  with pytest.raises(ValueError) as e:
+    transforms.get_preprocessing("cifar100", "imagenet2012")
+  assert str(e.value) == ("unknown config.data.augment='imagenet2012'; accepted: cifar10, "
+                          "cifar100, digits, imagenet")
+
+
 def test_imagenet_preprocessing_gives_224_crops():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
   jpeg, png = tf.io.encode_jpeg(image), tf.io.encode_png(image)
   prep = transforms.get_preprocessing("imagenet2012")
-  assert transforms.get_preprocessing("some_other_tfds_dataset") is prep
+  assert transforms.get_preprocessing("some_other_tfds_dataset", "imagenet") is prep
   for encoded in (jpeg, png):
     assert prep.eval(encoded, 224).shape == (224, 224, 3)
     crop = prep.train(encoded, tf.constant([1, 2]), 224)
