@@ -44,7 +44,7 @@ class Evaluator:
   @property
   def score(self) -> str:
     """The metric that picks the best checkpoint: ``'miou'`` or ``'top1'``."""
-    return score_name(self.segmentation)
+    return score_metric(self.segmentation)
 
   def __call__(self, model: nn.Module, variables) -> dict[str, float]:
     """Classification: ``{'top1', 'top5'}`` in percent and the mean CE ``'loss'`` over
@@ -69,8 +69,9 @@ class Evaluator:
             "top5": float(100.0 * totals["correct5"] / n), "loss": float(totals["loss"] / n)}
 
 
-def score_name(segmentation: bool) -> str:
-  """The metric a run keeps its best checkpoint by."""
+def score_metric(segmentation: bool) -> str:
+  """The metric a run of the task is scored by (and keeps its best checkpoint by):
+  ``'miou'`` for segmentation, else ``'top1'``."""
   return "miou" if segmentation else "top1"
 
 

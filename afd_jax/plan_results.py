@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from afd_jax import parallel
+from afd_jax import evaluation, parallel
 from afd_jax.analysis import comparison
 
 RESULTS = "results"  # <workdir>/results.{md,json,png}
@@ -20,7 +20,7 @@ def format_result(name: str, result: dict) -> str:
   """One line summarising a single run's result."""
   if "error" in result:
     return f"{name}: n/a ({result['error'].splitlines()[0]})"
-  score = score_name(result)
+  score = result_metric(result)
   parts = [f"{name}: {score} {result.get(score, float('nan')):.2f}",
            f"best {result.get(f'best_{score}', float('nan')):.2f}"]
   if f"teacher_{score}" in result:
@@ -29,9 +29,9 @@ def format_result(name: str, result: dict) -> str:
   return ", ".join(parts)
 
 
-def score_name(result: dict) -> str:
-  """The score a run's result reports: ``'miou'`` (segmentation) or ``'top1'``."""
-  return "miou" if "miou" in result or "best_miou" in result else "top1"
+def result_metric(result: dict) -> str:
+  """The `evaluation.score_metric` a finished run's result reports, read off its keys."""
+  return evaluation.score_metric("miou" in result or "best_miou" in result)
 
 
 def collect(plan, results: dict[str, dict]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def collect(plan, results: dict[str, dict]) -> dict[str, Any]:
   format: per pair, per row, the runs' seeds."""
   pairs: dict[tuple[str, str], dict] = {}
   tabulated = [results[r.name] for r in plan.runs if r.pairs and r.name in results]
-  score = next((score_name(r) for r in tabulated if "error" not in r), "top1")
+  score = next((result_metric(r) for r in tabulated if "error" not in r), "top1")
   for run in plan.runs:
     result = results.get(run.name)
     if result is None:

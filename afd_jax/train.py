@@ -455,7 +455,7 @@ def _result(run: Run, step: int, segment_start: float | None, rewrite: bool = Fa
   meta = run.meta
   # As saved with the final checkpoint, so that a rerun reports the very same number.
   seconds = run.saved_seconds if segment_start else meta["train_seconds"]
-  score = evaluation.score_name(
+  score = evaluation.score_metric(
       getattr(run.dataset.info, "task", "classification") == "segmentation")
   result = {"step": step, f"best_{score}": meta.get(f"best_{score}", -1.0),
             "train_seconds": seconds,
