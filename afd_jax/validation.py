@@ -45,7 +45,7 @@ def total_stride(model: str) -> tuple[int, str]:
   while size <= _LAST_PROBE:
     try:
       shapes = train_state.feature_shapes(net, size)
-    except Exception:  # pylint: disable=broad-except  (a pool on an empty map fails to trace)
+    except Exception:  # pylint: disable=broad-except  (a pool on an empty map)
       shapes = {}
     maps = {name: shape[1] for name, shape in shapes.items() if len(shape) == 4}
     if maps and min(maps.values()) >= 2:

@@ -319,15 +319,15 @@ def test_transform_is_a_function_of_its_key_and_sizes_are_checked():
 
 
 def test_the_seg_preprocessing_is_the_datasets_own_or_the_one_named_by_data_augment():
-  voc, coco = seg_transforms.get_preprocessing("voc_aug"), seg_transforms.get_preprocessing(
-      "cocostuff10k")
+  voc = seg_transforms.get_preprocessing("voc_aug")
+  coco = seg_transforms.get_preprocessing("cocostuff10k")
   assert (voc.label_fill, coco.label_fill) == (0, seg_transforms.IGNORE_LABEL)
   assert voc.default_image_size == coco.default_image_size == 513 and voc.flip
   digits = seg_transforms.get_preprocessing("digits_seg")
   assert digits.default_image_size == 64 and not digits.flip
   assert seg_transforms.get_preprocessing("ade20k", "cocostuff10k") == coco
-  with pytest.raises(ValueError, match=r"^dataset 'ade20k' has no preprocessing of its own "
-                     r"\(those with one: voc_aug, cocostuff10k, digits_seg\); set "
+  with pytest.raises(ValueError, match=r"^dataset 'ade20k' has no preprocessing of its "
+                     r"own \(those with one: voc_aug, cocostuff10k, digits_seg\); set "
                      r"config.data.augment to one of: voc_aug, cocostuff10k, digits_seg$"):
     seg_transforms.get_preprocessing("ade20k")
   with pytest.raises(ValueError, match=r"^unknown config.data.augment='voc'; accepted: "
