@@ -81,7 +81,7 @@ def run(main_run) -> tuple[train_state.TrainState, float]:
     (summed over its segments), which the run adds to its own.
 
   Raises:
-    train.Preempted / metric_writer.Diverged: as the main loop (the phase's checkpoints
+    faults.Preempted / faults.Diverged: as the main loop (the phase's checkpoints
       are kept; a rerun resumes it).
   """
   cfg, phase = main_run.config, main_run.nets.distiller.init_phase

@@ -41,6 +41,8 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from afd_jax import faults
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
@@ -223,7 +225,7 @@ def main(argv):
 def _main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {argv[1:]}")
-  _inject_at_startup()
+  faults.inject("startup", 0)  # test hook (AFD_JAX_INJECT): before jax is imported
   logging.get_absl_handler().addFilter(_quiet_libraries)
   config = _CONFIG.value
   try:
@@ -231,7 +233,7 @@ def _main(argv):
   except ValueError as e:
     fail(str(e))
   # Imports jax / TF: after parsing.
-  from afd_jax import checkpointing, methods, parallel, plan, plan_results, train
+  from afd_jax import checkpointing, methods, parallel, plan, plan_results
   from afd_jax.datasets.availability import DatasetNotAvailableError
   if _PRINT_CONFIG.value:
     print(config)
@@ -247,23 +249,14 @@ def _main(argv):
     result = plan.run_plan(the_plan, _WORKDIR.value, _ALLOW_CONFIG_CHANGE.value)
     if the_plan.single and parallel.is_chief():
       print(plan_results.format_result(_WORKDIR.value, result))
-  except train.Preempted as e:
+  except faults.Preempted as e:
     print(f"Preempted: {e}; rerun the same command to resume.", file=sys.stderr)
     sys.exit(128 + e.signum)
   except (ValueError, checkpointing.CheckpointError, DatasetNotAvailableError,
-          train.Diverged) as e:
+          faults.Diverged) as e:
     # The error is the last thing printed: no traceback through jax / orbax / TFDS.
     logging.debug("", exc_info=True)
     fail(str(e))
-
-
-def _inject_at_startup() -> None:
-  """Test hook, as `train.inject_fault`: ``AFD_JAX_INJECT='startup@0[:SIGNAL]'`` sends the
-  signal (default SIGINT) right after the flags are parsed, before jax is imported."""
-  for spec in filter(None, os.environ.get("AFD_JAX_INJECT", "").split(",")):
-    point, _, sig = spec.partition(":")
-    if point == "startup@0":
-      os.kill(os.getpid(), getattr(signal, sig or "SIGINT"))
 
 
 if __name__ == "__main__":

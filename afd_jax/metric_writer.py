@@ -17,6 +17,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from afd_jax import faults
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -119,31 +121,6 @@ class MetricWriter:
         self._tb.close()
 
 
-class Diverged(RuntimeError):
-  """The loss or the gradient became non-finite; nothing non-finite was saved.
-
-  Attributes:
-    step: the first non-finite step.
-    bad: the names of its non-finite metrics.
-    metrics: that step's metrics, ``{name: float}``.
-    advice: what to change, as a sentence; `train.run_steps` replaces the generic one by
-      the likely cause found in the run's config (`validation.divergence_advice`).
-  """
-
-  def __init__(self, step: int, bad: list[str], metrics: Mapping[str, float],
-               advice: str = ""):
-    super().__init__(step, bad)
-    self.step, self.bad, self.metrics = step, list(bad), dict(metrics)
-    self.advice = advice or (
-        f"Lower --config.optim.lr (now {self.metrics.get('lr', float('nan')):.4g}), or "
-        "set --config.optim.skip_nonfinite=True to skip such steps.")
-
-  def __str__(self) -> str:
-    return (f"training diverged at step {self.step}: non-finite {', '.join(self.bad)} "
-            f"(lr {self.metrics.get('lr', float('nan')):.4g}). Nothing from this step on "
-            f"was saved; the last good checkpoints are kept. {self.advice}")
-
-
 def _per_step(metrics: Mapping[str, np.ndarray]) -> list[dict]:
   """One dict per step from one step's scalars or several steps' stacked (n,) arrays."""
   first = next(iter(metrics.values()))
@@ -168,13 +145,13 @@ class TrainWindow:
     """The window's per-step metrics (host floats), window ending at `step`.
 
     Raises:
-      Diverged: at the window's first non-finite step (not skipped).
+      faults.Diverged: at the window's first non-finite step (not skipped).
     """
     window = [m for entry in jax.device_get(self.metrics) for m in _per_step(entry)]
     for k, m in enumerate(window):
       bad = sorted(n for n, v in m.items() if not np.isfinite(v))
       if bad and not m.get("skipped"):
-        raise Diverged(step - len(window) + k + 1, bad,
+        raise faults.Diverged(step - len(window) + k + 1, bad,
                        {n: float(v) for n, v in m.items()})
     return window
 
@@ -190,7 +167,8 @@ class TrainWindow:
                         for entry in pending]
 
   def write(self, step: int, bar) -> None:
-    """Logs the window's means at `step`; raises Diverged at its first non-finite step."""
+    """Logs the window's means at `step`; raises `faults.Diverged` at its first non-finite
+    step."""
     if not self.metrics:
       return
     window = self.check(step)

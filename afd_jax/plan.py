@@ -47,8 +47,8 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from afd_jax import (checkpointing, device_data, group, init_phase, methods, models,
-                     parallel, train, train_state, validation)
+from afd_jax import (checkpointing, device_data, faults, group, init_phase, methods,
+                     models, parallel, train, train_state, validation)
 from afd_jax import plan_results
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import comparison
@@ -555,7 +555,7 @@ def run_plan(plan: Plan, workdir: str, allow_config_change: bool = False,
         results[todo[0].name] = train_run(todo[0].config,
                                           os.path.join(workdir, todo[0].name),
                                           allow_config_change)
-    except train.Diverged as e:
+    except faults.Diverged as e:
       for r in todo:
         results[r.name] = {"error": f"diverged: {e}"}
     for r in todo:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -22,32 +21,13 @@ import jax
 import ml_collections
 import tqdm
 
-from afd_jax import (analysis, checkpointing, device_data, evaluation, methods,
+from afd_jax import (analysis, checkpointing, device_data, evaluation, faults, methods,
                      metric_writer, models, multi_step, parallel, pretrained, steps,
                      train_state, validation)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import segmentation
-from afd_jax.metric_writer import Diverged, MetricWriter  # noqa: F401  (re-exported)
+from afd_jax.metric_writer import MetricWriter
 from afd_jax.workdir import validate_config  # noqa: F401  (re-exported)
-
-
-def inject_fault(where: str, step: int) -> None:
-  """Test hook: ``AFD_JAX_INJECT='<where>@<step>[:<SIGNAL>]'`` (comma-separated) sends the
-  signal (default SIGTERM) to this process at that instant: ``step`` (the step's result
-  not yet fetched), ``eval`` (between evaluating and saving the best), ``save`` (before a
-  checkpoint is written). Deterministic, unlike a timed kill."""
-  for spec in filter(None, os.environ.get("AFD_JAX_INJECT", "").split(",")):
-    point, _, sig = spec.partition(":")
-    if point == f"{where}@{step}":
-      os.kill(os.getpid(), getattr(signal, sig or "SIGTERM"))
-
-
-class Preempted(Exception):
-  """SIGTERM/SIGINT arrived; the run saved its last step and stopped."""
-
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by signal {signum} after saving step {step}")
-    self.signum, self.step = signum, step
 
 
 @dataclasses.dataclass
@@ -72,7 +52,7 @@ class Run:
 
   def save(self, step: int, state, segment_start: float) -> None:
     """Checkpoints `state` with the bookkeeping of `meta` (every process must call it)."""
-    inject_fault("save", step)
+    faults.inject("save", step)
     meta = dict(self.meta, epoch=step / self.steps_per_epoch,
                 train_seconds=self.meta["train_seconds"] + time.time() - segment_start)
     self.ckpts.save(step, state, meta)
@@ -240,7 +220,7 @@ def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
   logging.info("step %d (epoch %.2f): eval %s", step, step / run.steps_per_epoch,
                " ".join(f"{k} {v:.2f}" for k, v in result.items()))
   run.meta["last_eval"] = dict(result, step=step)
-  inject_fault("eval", step)
+  faults.inject("eval", step)
   ctx = analysis.AnalysisContext(
       step=step, epoch=step // run.steps_per_epoch, workdir=run.workdir,
       config=run.config, distiller=run.nets.distiller, writer=writer,
@@ -336,8 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises:
     ValueError: an invalid config (``seeds`` set, a two-stage method without its phase).
     workdir.ConfigMismatchError: `workdir` holds a run of another config.
-    Diverged: a non-finite loss or gradient (the last good checkpoints are kept).
-    Preempted: SIGTERM/SIGINT arrived; the step reached was saved first.
+    faults.Diverged: a non-finite loss or gradient (the last good checkpoints are kept).
+    faults.Preempted: SIGTERM/SIGINT arrived; the step reached was saved first.
   """
   if config.get("seeds"):
     raise ValueError(f"config.seeds={tuple(config.seeds)!r} asks for several runs: "
@@ -411,7 +391,7 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
         n = multi_step.chunk_length(step, stop, k, (log_every, spe, ckpt_every))
         state, metrics = dispatch(state, n)
         for s in range(step + 1, step + n + 1):
-          inject_fault("step", s)
+          faults.inject("step", s)
         step += n
         window.metrics.append(metrics)
         bar.update(n)
@@ -434,10 +414,10 @@ def run_steps(run: Run, state, start: int, stop: int, dispatch, window, evaluate
             run.save(step, state, segment_start)
           finally:
             run.meta.pop(PENDING_METRICS, None)
-          raise Preempted(preemption.signum, step)
+          raise faults.Preempted(preemption.signum, step)
       if preemption.signum is not None:  # arrived during the final evaluation or save
-        raise Preempted(preemption.signum, step)
-  except Diverged as e:
+        raise faults.Preempted(preemption.signum, step)
+  except faults.Diverged as e:
     e.advice = validation.divergence_advice(run.config, e)
     raise
   finally:

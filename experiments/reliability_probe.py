@@ -7,7 +7,7 @@ run (issue #20), each ending in the same comparison.
 Each trial starts a fresh workdir of a small digits run (resnet8, 64 images, 4 steps per
 epoch, 3 epochs) and sends SIGKILL (no handler can run) at 1-3 instants drawn at random
 among: inside a train step, between an evaluation and the best-checkpoint save, and just
-before a checkpoint write (the ``AFD_JAX_INJECT`` hook of afd_jax/train.py makes the
+before a checkpoint write (the ``AFD_JAX_INJECT`` hook of afd_jax/faults.py makes the
 instant exact). After each kill the same command is rerun; the finished run must equal the
 uninterrupted one: every checkpoint leaf, the best checkpoint and its step, the eval rows
 of metrics.jsonl (each step once, in order), its train rows but for timing fields, and

@@ -21,8 +21,8 @@ import chex
 import numpy as np
 import pytest
 
-from afd_jax import (checkpointing, methods, metric_writer, models, plan, train,
-                     train_state, validation, workdir)
+from afd_jax import (checkpointing, faults, methods, models, plan, train, train_state,
+                     validation, workdir)
 from afd_jax.methods import base, ranges
 from config_loading import distill, run_main, tiny_config
 
@@ -494,7 +494,7 @@ def test_a_new_method_brings_its_ranges_and_a_field_without_one_is_refused(monke
 
 
 def _diverged(step, bad, **values):
-  return metric_writer.Diverged(step, bad, {"lr": 0.05, "ce": 1.0, **values})
+  return faults.Diverged(step, bad, {"lr": 0.05, "ce": 1.0, **values})
 
 
 def test_the_divergence_message_names_the_likely_cause(digits_data_dir):

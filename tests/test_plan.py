@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from afd_jax import checkpointing, metric_writer, plan, train
+from afd_jax import checkpointing, faults, metric_writer, plan
 from config_loading import load, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def sweep(digits_data_dir, tmp_path_factory):
   # max_steps=2 would change the config and recompile the group's 4-member step).
   with pytest.MonkeyPatch.context() as m:
     m.setenv("AFD_JAX_INJECT", "step@2")
-    with pytest.raises(train.Preempted) as stopped:
+    with pytest.raises(faults.Preempted) as stopped:
       plan.run_plan(_sweep_plan(digits_data_dir), out["root"])
   assert stopped.value.step == 2
   out["second"] = plan.run_plan(_sweep_plan(digits_data_dir), out["root"])

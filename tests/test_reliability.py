@@ -11,7 +11,7 @@ import chex
 import numpy as np
 import pytest
 
-from afd_jax import checkpointing, metric_writer, train, workdir
+from afd_jax import checkpointing, faults, metric_writer, train, workdir
 from config_loading import distill, load, run_main, tiny_config
 
 
@@ -47,13 +47,28 @@ def _assert_same_run(a, b):
   assert steps == sorted(set(steps))
 
 
+def test_the_injection_hook_parses_its_variable_once(monkeypatch):
+  """``AFD_JAX_INJECT`` is parsed once per value, not at every step it is asked about;
+  a malformed item is an error naming the accepted form."""
+  faults.injections.cache_clear()
+  monkeypatch.setenv("AFD_JAX_INJECT", "step@3,save@8:SIGINT")
+  for step in range(100):
+    faults.inject("step", step + 1000)  # no such instant: nothing sent
+  assert faults.injections.cache_info().misses == 1
+  assert faults.injections("step@3,save@8:SIGINT") == {"step@3": None,
+                                                       "save@8": signal.SIGINT}
+  for bad in ("step3", "step@x", "step@3:SIGNOPE"):
+    with pytest.raises(ValueError, match=f"'{bad}' is not <where>@<step>"):
+      faults.injections(bad)
+
+
 @pytest.mark.parametrize("instant", ["step@2", "eval@4", "save@4"])
 def test_interrupt_at_any_instant_resumes_identically(instant, straight, digits_data_dir,
                                                       tmp_path, monkeypatch):
   wd = str(tmp_path / "run")
   monkeypatch.setenv("AFD_JAX_INJECT", instant)
   handler = signal.getsignal(signal.SIGTERM)
-  with pytest.raises(train.Preempted) as stopped:
+  with pytest.raises(faults.Preempted) as stopped:
     train.train_and_evaluate(tiny_config(digits_data_dir), wd)
   assert stopped.value.signum == signal.SIGTERM
   assert stopped.value.step == int(instant.split("@")[1])  # that very step was saved
@@ -74,11 +89,11 @@ def test_a_preempted_run_logs_the_rows_of_an_uninterrupted_one(straight, digits_
   finished run's metrics.jsonl equals the uninterrupted one's but for timing fields."""
   wd = str(tmp_path / "run")
   monkeypatch.setenv("AFD_JAX_INJECT", "step@3,save@8")
-  with pytest.raises(train.Preempted) as stopped:
+  with pytest.raises(faults.Preempted) as stopped:
     train.train_and_evaluate(tiny_config(digits_data_dir), wd)
   assert stopped.value.step == 3
   assert [r["step"] for r in metric_writer.read_metrics(wd) if "train/loss" in r] == [2]
-  with pytest.raises(train.Preempted) as stopped:  # in the final save: saved, then stopped
+  with pytest.raises(faults.Preempted) as stopped:  # in the final save: saved, then stopped
     train.train_and_evaluate(tiny_config(digits_data_dir), wd)
   assert (stopped.value.signum, stopped.value.step) == (signal.SIGTERM, 8)
   assert checkpointing.latest_step(wd) == 8
@@ -98,13 +113,13 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_good_state(digits_dat
   _, good = _state(wd)
   bad = tiny_config(digits_data_dir)
   bad.optim.lr = 1e8
-  with pytest.raises(train.Diverged, match=r"diverged at step [5-8]: non-finite .*\(lr "):
+  with pytest.raises(faults.Diverged, match=r"diverged at step [5-8]: non-finite .*\(lr "):
     train.train_and_evaluate(bad, wd, allow_config_change=True)
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4"]  # kept, finite
   chex.assert_trees_all_equal(_state(wd)[1], good)
   assert _all_finite(_state(wd, "best")[1])
   fresh = str(tmp_path / "fresh")
-  with pytest.raises(train.Diverged):
+  with pytest.raises(faults.Diverged):
     train.train_and_evaluate(bad, fresh)
   assert checkpointing.latest_step(fresh) == 0
   # Optional: skip non-finite steps instead.

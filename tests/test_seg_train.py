@@ -18,7 +18,7 @@ import pytest
 
 import jax
 
-from afd_jax import checkpointing, metric_writer, models, plan, pretrained, train, train_state
+from afd_jax import checkpointing, faults, metric_writer, models, plan, pretrained, train_state
 from afd_jax.analysis import segmentation
 from config_loading import load
 
@@ -112,7 +112,7 @@ def test_kill_and_resume_is_identical_and_four_devices_see_one_global_batch(
   straight = os.path.join(root, "student_tat")
   wd = str(tmp_path / "killed")
   monkeypatch.setenv("AFD_JAX_INJECT", "step@1")
-  with pytest.raises(train.Preempted) as stopped:
+  with pytest.raises(faults.Preempted) as stopped:
     plan.train_run(_tat_config(digits_seg_data_dir, root), wd)
   assert stopped.value.signum == signal.SIGTERM and stopped.value.step == 1
   assert checkpointing.latest_step(wd) == 1
@@ -132,7 +132,7 @@ def test_kill_and_resume_is_identical_and_four_devices_see_one_global_batch(
   # (Stopped by a preemption after step 1: the run's eval programs are not compiled.)
   four = str(tmp_path / "four_devices")
   monkeypatch.setenv("AFD_JAX_INJECT", "step@1")
-  with pytest.raises(train.Preempted):
+  with pytest.raises(faults.Preempted):
     plan.train_run(_tat_config(digits_seg_data_dir, root, num_devices=4), four)
   first = [next(r for r in metric_writer.read_metrics(w) if r.get("step") == 1
                 and "train/loss" in r) for w in (four, straight)]

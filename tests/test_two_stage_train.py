@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from afd_jax import checkpointing, init_phase, metric_writer, plan, train
+from afd_jax import checkpointing, faults, init_phase, metric_writer, plan, train
 from config_loading import distill, load, tiny_config
 
 
@@ -118,7 +118,7 @@ def test_a_kill_in_either_phase_resumes_identically(instant, digits_data_dir, te
                                                     fsp_straight, tmp_path, monkeypatch):
   wd = str(tmp_path / "killed")
   monkeypatch.setenv("AFD_JAX_INJECT", instant)
-  with pytest.raises(train.Preempted) as stopped:
+  with pytest.raises(faults.Preempted) as stopped:
     plan.train_run(_fsp_config(digits_data_dir, teacher_dir), wd)
   assert stopped.value.step == int(instant[5:])
   in_init = checkpointing.latest_step(wd) == 0
@@ -170,7 +170,7 @@ def test_crd_bank_sharded_over_8_devices_checkpointed_and_resumed_identically(
     np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0, rtol=1e-5)
   killed = str(tmp_path / "killed")
   monkeypatch.setenv("AFD_JAX_INJECT", "step@2")
-  with pytest.raises(train.Preempted):
+  with pytest.raises(faults.Preempted):
     plan.train_run(config, killed)
   monkeypatch.delenv("AFD_JAX_INJECT")
   plan.train_run(config, killed)
