@@ -20,7 +20,9 @@ class AnalysisContext:
     workdir: the run's directory.
     config: the run's config.
     distiller: the built method (its feature names among others).
-    writer: the run's `afd_jax.metric_writer.MetricWriter` (TensorBoard, metrics.jsonl).
+    writer: the run's `afd_jax.metric_writer.MetricWriter` (TensorBoard, metrics.jsonl);
+      in a vmapped group the group's, every name under ``<member>/`` (hooks call its
+      ``write_scalars`` and ``write_images``).
     method_intermediates: returns the method module's sown ``intermediates`` on the
       first eval batch (eval mode), e.g. AFD's ``{'attention': ((B, nt, ns),)}``.
     is_chief: whether this process writes files and logs.
