@@ -157,7 +157,7 @@ class Dataset:
     self.builder, self.image_key, self.label_key, task = _open_builder(config_data)
     segmenting = task == "segmentation"
     self.preprocessing = (seg_transforms if segmenting else transforms).get_preprocessing(
-        config_data.name)
+        config_data.name, config_data.get("augment"))
     splits = self.builder.info.splits
     image_size = config_data.get("image_size") or self.preprocessing.default_image_size
     if segmenting:

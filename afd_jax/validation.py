@@ -128,7 +128,7 @@ _NOT_TERMS = frozenset(("loss", "lr", "grad_norm", "top1", "skipped"))
 
 
 def divergence_advice(config: ml_collections.ConfigDict, err) -> str:
-  """The likely cause of `err` (`metric_writer.Diverged`) from the run's values, as
+  """The likely cause of `err` (`faults.Diverged`) from the run's values, as
   advice: a learning rate far above the recipes', a method term that went non-finite
   while the cross-entropy stayed finite (the method's values), a divergence at the very
   first step (the inputs or the method, not the schedule), else the learning rate."""

@@ -186,6 +186,14 @@ def test_the_preprocessing_is_the_datasets_own_or_the_one_named_by_data_augment(
                           "cifar100, digits, imagenet")
 
 
+def test_the_tfdata_pipeline_takes_the_preprocessing_data_augment_names(digits_data_dir):
+  config = data_config(digits_data_dir, augment=None)
+  assert input_pipeline.Dataset(config).preprocessing is transforms.get_preprocessing("digits")
+  config.augment = "cifar10"
+  assert (input_pipeline.Dataset(config).preprocessing
+          is transforms.get_preprocessing("cifar10"))
+
+
 def test_imagenet_preprocessing_gives_224_crops():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
