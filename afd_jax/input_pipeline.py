@@ -142,9 +142,10 @@ class Dataset:
     config_data: reads ``name``, ``data_dir``, ``download``, ``train_split``,
       ``eval_split``, ``shuffle_buffer``, ``image_size`` and the optional
       ``num_train_examples`` / ``num_eval_examples`` caps and ``input_shards``;
-      segmentation also the optional ``base_size`` (the random scale's base) and
-      ``label_fill`` (label of the training crop's padding); unset, the dataset's
-      `seg_transforms.SegPreprocessing` defaults.
+      segmentation also the optional ``base_size`` (the random scale's base),
+      ``label_fill`` (label of the training crop's padding), unset the dataset's
+      `seg_transforms.SegPreprocessing` defaults, and ``scale_range`` (the short side's
+      range as multiples of ``base_size``), unset the release's (0.5, 2.0).
 
   Raises:
     ValueError: unknown dataset name, not an image-classification or segmentation
@@ -168,7 +169,10 @@ class Dataset:
                         or self.preprocessing.default_base_size)
       fill = config_data.get("label_fill")
       self.label_fill = self.preprocessing.label_fill if fill is None else fill
-      seg_transforms.check_sizes(image_size, self.base_size)
+      scale_range = config_data.get("scale_range")
+      self.scale_range = (seg_transforms.SCALE_RANGE if scale_range is None
+                          else seg_transforms.check_scale_range(scale_range))
+      seg_transforms.check_sizes(image_size, self.base_size, self.scale_range)
     else:
       num_classes = self.builder.info.features[self.label_key].num_classes
       ignore_label = None
@@ -198,7 +202,8 @@ class Dataset:
     image, label = ex[self.image_key], ex[self.label_key]
     if self.segmenting:
       image, label = (prep.eval(image, label, size) if key is None else
-                      prep.train(image, label, key, size, self.base_size, self.label_fill))
+                      prep.train(image, label, key, size, self.base_size, self.label_fill,
+                                 self.scale_range))
       label = tf.ensure_shape(label, (size, size))
     else:
       image = prep.eval(image, size) if key is None else prep.train(image, key, size)

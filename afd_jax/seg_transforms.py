@@ -38,17 +38,37 @@ FLIP_PROB = 0.5
 BLUR_PROB, BLUR_MAX_RADIUS = 0.5, 1.0  # the release: if random() < 0.5: radius=random()
 _BLUR_PASSES = 3  # PIL's box passes per axis
 MAX_EXACT_RADIUS = 1.2  # PIL's box stays 3 taps wide below sqrt(1.5) ~ 1.22
-SCALE_RANGE = (0.5, 2.0)  # short side in [int(base · 0.5), int(base · 2.0)]
+# The release's: short side in [int(base · 0.5), int(base · 2.0)]
+# (``config.data.scale_range`` chooses another).
+SCALE_RANGE = (0.5, 2.0)
 
 
-def check_sizes(crop_size: int, base_size: int) -> None:
-  """Raises ValueError unless ``crop_size >= 1`` and ``base_size >= 2``."""
+def check_scale_range(scale_range) -> tuple[float, float]:
+  """`scale_range` as a (low, high) tuple of floats.
+
+  Raises:
+    ValueError: not two numbers with 0 < low <= high.
+  """
+  try:
+    lo, hi = (float(v) for v in scale_range)
+  except (TypeError, ValueError):
+    lo = hi = None
+  if lo is None or not 0 < lo <= hi:
+    raise ValueError(f"config.data.scale_range={scale_range!r}; accepted: two numbers "
+                     f"(low, high) with 0 < low <= high, e.g. the release's {SCALE_RANGE}")
+  return lo, hi
+
+
+def check_sizes(crop_size: int, base_size: int, scale_range=SCALE_RANGE) -> None:
+  """Raises ValueError unless ``crop_size >= 1`` and the smallest short side
+  ``int(base_size · scale_range[0])`` is >= 1."""
   if int(crop_size) < 1:
     raise ValueError(f"Segmentation crop size (config.data.image_size) must be >= 1, got "
                      f"{crop_size}")
-  if int(base_size * SCALE_RANGE[0]) < 1:
-    raise ValueError(f"config.data.base_size must be >= 2 (the short side is drawn from "
-                     f"[base_size/2, 2·base_size]), got {base_size}")
+  if int(base_size * scale_range[0]) < 1:
+    raise ValueError(f"config.data.base_size={base_size} is too small: the short side is "
+                     f"drawn from [int(base_size·{scale_range[0]}), "
+                     f"int(base_size·{scale_range[1]})], which must start at >= 1")
 
 
 def decode(image_bytes: tf.Tensor, label_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -88,26 +108,28 @@ def random_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
 
 
 def random_scale_crop(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, base_size: int,
-                      crop_size: int, label_fill: int = IGNORE_LABEL
+                      crop_size: int, label_fill: int = IGNORE_LABEL,
+                      scale_range: tuple[float, float] = SCALE_RANGE
                       ) -> tuple[tf.Tensor, tf.Tensor]:
   """The release's RandomScaleCrop: random short side, pad bottom/right, random crop.
 
   Args:
     image: uint8 or float (H, W, 3); label: int32 (H, W).
     seed: int (2,) stateless seed.
-    base_size: the short side is uniform in ``[int(base/2), int(2·base)]``.
+    base_size: the short side is uniform in ``[int(base·lo), int(base·hi)]``.
     crop_size: output side.
     label_fill: label of the padding (the image's is 0).
+    scale_range: (lo, hi); the release's (0.5, 2.0).
 
   Returns:
     float32 (crop, crop, 3) in [0, 255] and int32 (crop, crop).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  check_sizes(crop_size, base_size)
+  check_sizes(crop_size, base_size, scale_range)
   scale_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   short = tf.random.stateless_uniform(
-      [], scale_seed, minval=int(base_size * SCALE_RANGE[0]),
-      maxval=int(base_size * SCALE_RANGE[1]) + 1, dtype=tf.int64)
+      [], scale_seed, minval=int(base_size * scale_range[0]),
+      maxval=int(base_size * scale_range[1]) + 1, dtype=tf.int64)
   hw = tf.cast(tf.shape(label), tf.int64)
   h, w = hw[0], hw[1]
   oh = tf.where(h > w, h * short // w, short)
@@ -160,14 +182,15 @@ def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def train_transform(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, crop_size: int,
-                    base_size: int, flip: bool = True, label_fill: int = IGNORE_LABEL
+                    base_size: int, flip: bool = True, label_fill: int = IGNORE_LABEL,
+                    scale_range: tuple[float, float] = SCALE_RANGE
                     ) -> tuple[tf.Tensor, tf.Tensor]:
   """The release's training transform, before normalisation: flip, scale-crop, blur.
 
   Args:
     image: uint8 (H, W, 3); label: int (H, W).
     seed: int (2,) stateless seed.
-    crop_size, base_size, label_fill: as `random_scale_crop`.
+    crop_size, base_size, label_fill, scale_range: as `random_scale_crop`.
     flip: whether to flip (the release always does; not for digits).
 
   Returns:
@@ -178,7 +201,8 @@ def train_transform(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, crop_si
   label = tf.cast(label, tf.int32)
   if flip:
     image, label = random_flip(image, label, flip_seed)
-  image, label = random_scale_crop(image, label, crop_seed, base_size, crop_size, label_fill)
+  image, label = random_scale_crop(image, label, crop_seed, base_size, crop_size, label_fill,
+                                   scale_range)
   return random_gaussian_blur(image, blur_seed), label
 
 
@@ -215,10 +239,12 @@ class SegPreprocessing:
   label_fill: int = IGNORE_LABEL
 
   def train(self, image_bytes: tf.Tensor, label_bytes: tf.Tensor, seed: tf.Tensor,
-            size: int, base_size: int, label_fill: int) -> tuple[tf.Tensor, tf.Tensor]:
+            size: int, base_size: int, label_fill: int,
+            scale_range: tuple[float, float] = SCALE_RANGE) -> tuple[tf.Tensor, tf.Tensor]:
     """Encoded pair -> float32 (size, size, 3) in [0, 255], int32 (size, size)."""
     image, label = decode(image_bytes, label_bytes)
-    return train_transform(image, label, seed, size, base_size, self.flip, label_fill)
+    return train_transform(image, label, seed, size, base_size, self.flip, label_fill,
+                           scale_range)
 
   def eval(self, image_bytes: tf.Tensor, label_bytes: tf.Tensor, size: int
            ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -234,9 +260,9 @@ SEG_PREPROCESSING: dict[str, SegPreprocessing] = {
     # COCO-Stuff's with fill=255 (ignore).
     "voc_aug": SegPreprocessing(**_RELEASE, label_fill=0),
     "cocostuff10k": SegPreprocessing(**_RELEASE, label_fill=IGNORE_LABEL),
-    # The same transform scaled to the 64×64 canvas; digits are not mirror-symmetric.
+    # The same transform scaled to the 48×48 canvas; digits are not mirror-symmetric.
     "digits_seg": SegPreprocessing(mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
-                                   default_image_size=64, default_base_size=64, flip=False),
+                                   default_image_size=48, default_base_size=48, flip=False),
 }
 # Each dataset's own, used when ``config.data.augment`` is unset.
 DATASET_SEG_PREPROCESSING: dict[str, str] = {name: name for name in SEG_PREPROCESSING}

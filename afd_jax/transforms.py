@@ -180,6 +180,9 @@ PREPROCESSING: dict[str, Preprocessing] = {
     "cifar100": _cifar_style(CIFAR100_MEAN, CIFAR100_STD),
     # Digits are not mirror-symmetric (a flipped 2 is no digit): crop only.
     "digits": _cifar_style(DIGITS_MEAN, DIGITS_STD, flip=False),
+    # `digits_seg`'s pretraining canvases: normalised as the segmentation input is
+    # (ImageNet statistics, as the release's backbones), so the features transfer.
+    "digits_canvas": _cifar_style(IMAGENET_MEAN, IMAGENET_STD, flip=False),
     "imagenet": IMAGENET_PREPROCESSING,
 }
 # Each dataset's own, used when ``config.data.augment`` is unset.
@@ -187,6 +190,7 @@ DATASET_PREPROCESSING: dict[str, str] = {
     "cifar10": "cifar10",
     "cifar100": "cifar100",
     "digits": "digits",
+    "digits_canvas": "digits_canvas",
     "imagenet2012": "imagenet",
     # Transfer targets (AFD / L2T-ww): ImageNet-style 224 crops, like their teacher's data.
     "caltech_birds2011": "imagenet",

@@ -269,7 +269,8 @@ def segmentation(dataset: str) -> ml_collections.ConfigDict:
 
 def seg_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`runlocal` for segmentation: the same networks and method on 16 `digits_seg`
-  canvases (64×64), batch 4, two steps, a random-init teacher, no pretrained weights."""
+  canvases (cropped to 64×64), batch 4, two steps, a random-init teacher, no pretrained
+  weights."""
   c.data.update(dict(name="digits_seg", image_size=64, base_size=64, download=False,
                      shuffle_buffer=16, train_split="train", eval_split="test",
                      num_train_examples=16, num_eval_examples=8, prefetch=1))

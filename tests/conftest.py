@@ -38,6 +38,12 @@ def digits_data_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def digits_canvas_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir with the offline `digits_canvas` dataset prepared (once per session)."""
+  return _prepared("digits_canvas", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def digits_seg_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir with the offline `digits_seg` dataset prepared (once per session)."""
   return _prepared("digits_seg", tmp_path_factory)

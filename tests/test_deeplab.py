@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from afd_jax import models
 from afd_jax.interop import torch as interop
 from afd_jax.interop import torch_layouts
-from afd_jax.models import deeplab
+from afd_jax.models import deeplab, deeplab_backbones
 import torch_deeplab
 import torch_models
 
@@ -356,21 +356,22 @@ def test_init_from_checkpoint_errors_name_the_keys():
 
 
 # The CPU-sized DeepLabV3+ of the offline quickstart: (params, of which ASPP + decoder)
-# at 21 classes, and the sown features' (H, W, C) at a 64 x 64 input (OS16).
+# at 21 classes, and the sown features' (H, W, C) at a 64 x 64 input (output stride 8:
+# the last two stages dilated instead of strided).
 TINY = {
     "deeplabv3p_tiny_resnet18": (1_630_101, {"stage1.out": (16, 16, 32),
                                              "stage2.out": (8, 8, 64),
-                                             "stage3.out": (4, 4, 128),
-                                             "stage4.out": (4, 4, 128)}),
+                                             "stage3.out": (8, 8, 128),
+                                             "stage4.out": (8, 8, 128)}),
     "deeplabv3p_tiny_resnet10": (376_261, {"stage1.out": (16, 16, 16),
                                            "stage2.out": (8, 8, 32),
-                                           "stage3.out": (4, 4, 64),
-                                           "stage4.out": (4, 4, 64)}),
+                                           "stage3.out": (8, 8, 64),
+                                           "stage4.out": (8, 8, 64)}),
 }
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_tiny_deeplabs_sow_the_release_features_at_os16(name):
+def test_tiny_deeplabs_sow_the_release_features_at_os8(name):
   total, stages = TINY[name]
   model = models.get_model(name, NUM_CLASSES)
   assert models.is_segmentation(name)
@@ -385,7 +386,18 @@ def test_tiny_deeplabs_sow_the_release_features_at_os16(name):
   assert logits.shape == (2, 64, 64, NUM_CLASSES) and logits.dtype == jnp.float32
   shapes = {k: v[0].shape[1:] for k, v in feats.items()}
   # Teacher and student share the head (64 channels), so FitNet-style pairs match.
-  assert shapes == {**stages, "aspp": (4, 4, 64), "decoder": (16, 16, 64)}
+  assert shapes == {**stages, "aspp": (8, 8, 64), "decoder": (16, 16, 64)}
   assert set(feats) == set(deeplab.FEATURE_NAMES)
   assert _count(params) == total
   assert set(params) == {"backbone", "aspp_head", "decoder_head"}
+
+
+def test_a_tiny_backbone_refuses_an_output_stride_it_has_no_layout_for():
+  backbone = deeplab_backbones.TinyResNetBackbone((8, 8, 8, 8), 1, output_stride=32)
+  with pytest.raises(ValueError, match=r"^output_stride=32; accepted: 16, 8\n"):
+    jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x, train=False),
+                   jnp.zeros((1, 32, 32, 3)))
+  at16 = deeplab_backbones.TinyResNetBackbone((8, 8, 8, 8), 1, output_stride=16)
+  feats, _, _ = jax.eval_shape(lambda x: at16.init_with_output(
+      jax.random.key(0), x, train=False)[0], jnp.zeros((1, 64, 64, 3)))
+  assert [f.shape[1] for f in feats] == [16, 8, 4, 4]

@@ -177,13 +177,13 @@ def test_the_preprocessing_is_the_datasets_own_or_the_one_named_by_data_augment(
     transforms.get_preprocessing("oxford_flowers102")
   assert str(e.value) == (
       "dataset 'oxford_flowers102' has no preprocessing of its own (those with one: "
-      "cifar10, cifar100, digits, imagenet2012, caltech_birds2011, stanford_dogs, mit67, "
-      "stanford40); set config.data.augment to one of: cifar10, cifar100, digits, "
-      "imagenet")
+      "cifar10, cifar100, digits, digits_canvas, imagenet2012, caltech_birds2011, "
+      "stanford_dogs, mit67, stanford40); set config.data.augment to one of: cifar10, "
+      "cifar100, digits, digits_canvas, imagenet")
   with pytest.raises(ValueError) as e:
     transforms.get_preprocessing("cifar100", "imagenet2012")
   assert str(e.value) == ("unknown config.data.augment='imagenet2012'; accepted: cifar10, "
-                          "cifar100, digits, imagenet")
+                          "cifar100, digits, digits_canvas, imagenet")
 
 
 def test_the_tfdata_pipeline_takes_the_preprocessing_data_augment_names(digits_data_dir):

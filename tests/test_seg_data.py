@@ -16,7 +16,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from afd_jax import device_data, input_pipeline, seg_transforms
-from afd_jax.datasets import availability, cocostuff10k, digits_seg, voc_aug
+from afd_jax.datasets import (availability, cocostuff10k, digits_canvas, digits_seg,
+                              voc_aug)
 
 # VOC: train a b c, val d e; SBD: train b f d g, val h c e. train_aug = VOC train ∪ SBD
 # train ∪ SBD val − VOC val = a b c f g h (b, c from VOC); validation = d e.
@@ -314,8 +315,32 @@ def test_transform_is_a_function_of_its_key_and_sizes_are_checked():
   assert not np.array_equal(a[0], c[0])
   with pytest.raises(ValueError, match="crop size"):
     seg_transforms.check_sizes(0, 513)
-  with pytest.raises(ValueError, match="base_size must be >= 2"):
+  with pytest.raises(ValueError, match=r"base_size=1 is too small: .*\[int\(base_size·0.5\)"):
     seg_transforms.check_sizes(8, 1)
+
+
+def test_the_scale_range_bounds_the_short_side():
+  """A 10x12 image padded into a 20x20 crop shows its scaled size: the short side is
+  always int(10 · s) for s in the range, exactly 10 for (1, 1)."""
+  image = np.full((10, 12, 3), 200, np.uint8)
+  label = np.full((10, 12), 3, np.int32)
+
+  def short_sides(scale_range):
+    sides = set()
+    for s in range(16):
+      _, out_label = (t.numpy() for t in seg_transforms.random_scale_crop(
+          tf.constant(image), tf.constant(label), tf.constant([s, 4]), base_size=10,
+          crop_size=20, label_fill=255, scale_range=scale_range))
+      rows, cols = np.nonzero(out_label == 3)
+      sides.add(rows.max() + 1)
+    return sides
+
+  assert short_sides((1.0, 1.0)) == {10}
+  assert short_sides((0.8, 1.2)) <= set(range(8, 13)) and len(short_sides((0.8, 1.2))) > 1
+  assert min(short_sides(seg_transforms.SCALE_RANGE)) < 8  # the release's reaches 5
+  for bad in ((0, 1), (1.5, 1.0), "wide", (1,)):
+    with pytest.raises(ValueError, match=r"^config.data.scale_range=.*; accepted: two "):
+      seg_transforms.check_scale_range(bad)
 
 
 def test_the_seg_preprocessing_is_the_datasets_own_or_the_one_named_by_data_augment():
@@ -324,7 +349,7 @@ def test_the_seg_preprocessing_is_the_datasets_own_or_the_one_named_by_data_augm
   assert (voc.label_fill, coco.label_fill) == (0, seg_transforms.IGNORE_LABEL)
   assert voc.default_image_size == coco.default_image_size == 513 and voc.flip
   digits = seg_transforms.get_preprocessing("digits_seg")
-  assert digits.default_image_size == 64 and not digits.flip
+  assert digits.default_image_size == 48 and not digits.flip
   assert seg_transforms.get_preprocessing("ade20k", "cocostuff10k") == coco
   with pytest.raises(ValueError, match=r"^dataset 'ade20k' has no preprocessing of its "
                      r"own \(those with one: voc_aug, cocostuff10k, digits_seg\); set "
@@ -352,13 +377,13 @@ def test_digits_seg_builder_and_train_batches(digits_seg_data_dir):
   assert builder.info.metadata["num_classes"] == digits_seg.NUM_CLASSES == 11
   dataset = input_pipeline.Dataset(_digits_config(digits_seg_data_dir))
   assert dataset.info == input_pipeline.DatasetInfo(
-      "digits_seg", 11, 1000, 200, 64, task="segmentation", ignore_label=255)
+      "digits_seg", 11, 1000, 200, 48, task="segmentation", ignore_label=255)
   first = next(iter(tfds.as_numpy(builder.as_dataset("test"))))
-  assert first["image"].shape == (64, 64, 3) and first["segmentation"].shape == (64, 64, 1)
+  assert first["image"].shape == (48, 48, 3) and first["segmentation"].shape == (48, 48, 1)
   assert {0, 255} < set(np.unique(first["segmentation"])) <= set(range(11)) | {255}
   batch = next(dataset.train_iterator(8, seed=0))
-  assert batch["image"].shape == (8, 64, 64, 3) and batch["image"].dtype == np.float32
-  assert batch["label"].shape == (8, 64, 64) and batch["label"].dtype == np.int32
+  assert batch["image"].shape == (8, 48, 48, 3) and batch["image"].dtype == np.float32
+  assert batch["label"].shape == (8, 48, 48) and batch["label"].dtype == np.int32
   assert batch["index"].shape == (8,) and batch["index"].dtype == np.int32
   assert set(np.unique(batch["label"])) <= set(range(11)) | {255}
   with pytest.raises(ValueError, match="segmentation dataset"):
@@ -368,6 +393,28 @@ def test_digits_seg_builder_and_train_batches(digits_seg_data_dir):
                                      dataset) == "tfdata"
   with pytest.raises(ValueError, match="segmentation dataset"):
     device_data.choose_pipeline(_digits_config(None, pipeline="device"), dataset)
+
+
+def test_digits_canvas_is_one_labelled_digit_drawn_as_on_digits_seg(digits_canvas_data_dir):
+  """The pretraining set: 3,000 / 600 32x32 canvases, every class, each label the digit
+  `digits_seg.render` drew (redrawn here from the builder's seeded generator)."""
+  builder = tfds.builder("digits_canvas", data_dir=digits_canvas_data_dir)
+  assert builder.info.features["label"].num_classes == 10
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      "train": 3000, "test": 600}
+  test = list(tfds.as_numpy(builder.as_dataset("test", shuffle_files=False)))
+  assert test[0]["image"].shape == (32, 32, 3)
+  labels = np.array([e["label"] for e in test])
+  assert np.bincount(labels, minlength=10).min() > 30
+  ink, digit, pools = digits_seg._glyphs()  # pylint: disable=protected-access
+  rng = np.random.default_rng([digits_canvas.SEED, 1])
+  drawn = {}
+  for _ in range(600):
+    image, label = digits_seg.render(rng, ink, digit, pools["test"], canvas=32,
+                                     max_digits=1, sides=digits_canvas.DIGIT_SIDES)
+    drawn[image.tobytes()] = set(np.unique(label)) - {0, 255}
+  # (TFDS stores a split in its own order: matched by the image.)
+  assert all(drawn[e["image"].tobytes()] == {e["label"] + 1} for e in test)
 
 
 def test_digits_seg_resume_at_step_k_equals_the_uninterrupted_stream(digits_seg_data_dir):
@@ -387,7 +434,7 @@ def test_digits_seg_eval_covers_each_image_once(digits_seg_data_dir):
   assert len(batches) == 4  # 200 = 64 + 64 + 64 + 8
   mask = np.concatenate([b["mask"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])
-  assert mask.sum() == 200 and labels.shape == (256, 64, 64) and labels.dtype == np.int32
+  assert mask.sum() == 200 and labels.shape == (256, 48, 48) and labels.dtype == np.int32
   assert (labels[200:] == 255).all()
   # At the canvas size the val transform is the identity: the stored maps, in order.
   builder = tfds.builder("digits_seg", data_dir=digits_seg_data_dir)

@@ -1,6 +1,7 @@
 """TFDS builders of this project; importing this package registers them with TFDS."""
 from afd_jax.datasets import cocostuff10k  # registers `cocostuff10k` (segmentation)
 from afd_jax.datasets import digits  # registers `digits`
+from afd_jax.datasets import digits_canvas  # registers `digits_canvas`
 from afd_jax.datasets import digits_seg  # registers `digits_seg` (segmentation)
 from afd_jax.datasets import mit67  # registers `mit67`
 from afd_jax.datasets import stanford40  # registers `stanford40`

@@ -11,7 +11,7 @@ from afd_jax import transforms
 from afd_jax import datasets  # noqa: F401  (registers this project's builders)
 
 # Built from data shipped with a package: always prepared.
-LOCAL_DATASETS = ("digits", "digits_seg")
+LOCAL_DATASETS = ("digits", "digits_canvas", "digits_seg")
 # TFDS looks here first for prepared datasets; if it is unreachable, so is the internet.
 _PROBE_HOST, _PROBE_PORT, _PROBE_TIMEOUT_S = "storage.googleapis.com", 443, 5.0
 

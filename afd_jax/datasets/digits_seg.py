@@ -1,11 +1,16 @@
 """TFDS builder `digits_seg`: an offline semantic-segmentation toy built from sklearn's digits.
 
-Each example is a 64×64 RGB canvas with 1–3 of scikit-learn's 8×8 handwritten digits,
-bilinearly upscaled to 16–28 px and alpha-blended in a random colour at a random position
-(later digits on top) over a textured background (two random colour gradients, a random
-sinusoid and pixel noise). Every pixel is labelled: 0 = background, ``d + 1`` for digit
-``d`` where the digit's ink is >= 0.5, and 255 (ignore) on the soft rim where its ink is
-in [0.15, 0.5): the analogue of VOC's boundary band. 11 classes.
+Each example is a 48×48 RGB canvas with 1–2 of scikit-learn's 8×8 handwritten digits,
+bilinearly upscaled to 24–36 px and alpha-blended in a random light colour at a random
+position (later digits on top) over a darker textured background (two random colour
+gradients, a random sinusoid and pixel noise). Every pixel is labelled: 0 = background,
+``d + 1`` for digit ``d`` where the digit's ink is >= 0.5, and 255 (ignore) on the soft
+rim where its ink is in [0.15, 0.5): the analogue of VOC's boundary band. 11 classes.
+
+The sizes are chosen for a CPU-sized DeepLab learning in minutes: a digit spans 3–4.5
+cells of the stride-8 feature map, so its class is read from the backbone's deepest
+features as a VOC object is from a ResNet's. `render` also draws the single-digit 32×32
+canvases of `digits_canvas`, the classification data its backbones are pretrained on.
 
 Deterministic: each split draws from its own seeded generator, and its digits come from
 `digits`' stratified 80% / 20% split of the 1,797 glyphs (train canvases use only train
@@ -21,11 +26,13 @@ import tensorflow_datasets as tfds
 
 from afd_jax.datasets import digits, segmentation
 
-CANVAS = 64
+CANVAS = 48
 NUM_CLASSES = 11  # background + 10 digits
 SPLIT_SIZES = {"train": 1000, "test": 200}
-DIGIT_SIDES = (16, 28)  # inclusive range of a placed digit's side, px
-MAX_DIGITS = 3
+DIGIT_SIDES = (24, 36)  # inclusive range of a placed digit's side, px
+MAX_DIGITS = 2
+BACKGROUND = (0, 110)  # range of the background gradients' colour values
+INK_COLOUR = (190, 255)  # range of a digit's colour values
 INK, RIM = 0.5, 0.15  # ink >= INK: the digit's class; RIM <= ink < INK: ignore (255)
 SEED = 2024
 
@@ -52,10 +59,10 @@ def _upscale(glyph: np.ndarray, side: int) -> np.ndarray:
   return rows[:, lo] * (1 - t) + rows[:, hi] * t
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-  """float (CANVAS, CANVAS, 3) in [0, 255]: gradients + a sinusoid + noise."""
-  yy, xx = np.meshgrid(np.linspace(0, 1, CANVAS), np.linspace(0, 1, CANVAS), indexing="ij")
-  c0, c1 = rng.uniform(0, 160, (2, 3))
+def _background(rng: np.random.Generator, canvas: int) -> np.ndarray:
+  """float (canvas, canvas, 3) in [0, 255]: gradients + a sinusoid + noise."""
+  yy, xx = np.meshgrid(np.linspace(0, 1, canvas), np.linspace(0, 1, canvas), indexing="ij")
+  c0, c1 = rng.uniform(*BACKGROUND, (2, 3))
   angle, freq, phase = rng.uniform(0, np.pi), rng.uniform(2, 8), rng.uniform(0, 2 * np.pi)
   ramp = (np.cos(angle) * yy + np.sin(angle) * xx)[..., None] / 1.5
   wave = 20 * np.sin(2 * np.pi * freq * (yy * np.sin(angle) - xx * np.cos(angle)) + phase)
@@ -64,21 +71,24 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 
 def render(rng: np.random.Generator, ink: np.ndarray, labels: np.ndarray,
-           pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """One canvas: uint8 (CANVAS, CANVAS, 3) image and uint8 (CANVAS, CANVAS) labels.
+           pool: np.ndarray, canvas: int = CANVAS, max_digits: int = MAX_DIGITS,
+           sides: tuple[int, int] = DIGIT_SIDES) -> tuple[np.ndarray, np.ndarray]:
+  """One canvas: uint8 (canvas, canvas, 3) image and uint8 (canvas, canvas) labels.
 
   Args:
     rng: the split's generator (consumed).
     ink: float (N, 8, 8) glyph ink in [0, 1]; labels: int (N,) their digits.
     pool: indices of the glyphs this split may use.
+    canvas, max_digits, sides: the canvas's side, its most digits (at least one), the
+      inclusive range of a digit's side.
   """
-  image = _background(rng)
-  label = np.zeros((CANVAS, CANVAS), np.uint8)
-  for _ in range(rng.integers(1, MAX_DIGITS + 1)):
+  image = _background(rng, canvas)
+  label = np.zeros((canvas, canvas), np.uint8)
+  for _ in range(rng.integers(1, max_digits + 1)):
     g = pool[rng.integers(len(pool))]
-    side = int(rng.integers(DIGIT_SIDES[0], DIGIT_SIDES[1] + 1))
-    y, x = rng.integers(0, CANVAS - side + 1, 2)
-    colour = rng.uniform(170, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 60, 3)
+    side = int(rng.integers(sides[0], sides[1] + 1))
+    y, x = rng.integers(0, canvas - side + 1, 2)
+    colour = rng.uniform(*INK_COLOUR, 3)
     alpha = _upscale(ink[g], side)
     region = (slice(y, y + side), slice(x, x + side))
     image[region] = image[region] * (1 - alpha[..., None]) + colour * alpha[..., None]
@@ -88,10 +98,12 @@ def render(rng: np.random.Generator, ink: np.ndarray, labels: np.ndarray,
 
 
 class DigitsSeg(tfds.core.GeneratorBasedBuilder):
-  """1–3 sklearn digits on a textured 64×64 canvas, per-pixel labels, 11 classes."""
+  """1–2 sklearn digits on a textured 48×48 canvas, per-pixel labels, 11 classes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "64×64 canvases, 1–3 digits of 16–28 px, light or dark ink.",
+                   "2.0.0": "48×48 canvases, 1–2 digits of 24–36 px, light ink on a "
+                            "darker background."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return segmentation.dataset_info(

@@ -22,7 +22,7 @@ Segmentation (``is_segmentation(name)``): ``deeplabv3p_resnet101`` (teacher),
 release's DeepLabV3+ at output stride 16) map (B, H, W, 3) to per-pixel float32 logits
 (B, H, W, num_classes) and sow ``stage1..4.out``, ``aspp``, ``decoder``;
 ``deeplabv3p_tiny_resnet18``, ``deeplabv3p_tiny_resnet10``: CPU-sized ones (a narrow ResNet
-at output stride 16, a 64-channel head) for small canvases such as `digits_seg`'s;
+at output stride 8, a 64-channel head) for small canvases such as `digits_seg`'s;
 `deeplab.head_param_filter` splits their params into backbone (1x lr) and ASPP + decoder
 (10x lr). ``tiny_resnet18_classifier``, ``tiny_resnet10_classifier`` are those two
 backbones as image classifiers (global pool + linear), to pretrain a DeepLab's backbone on

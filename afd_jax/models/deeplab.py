@@ -70,15 +70,16 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": bb.resnet18_backbone,
     "mobilenetv2": bb.MobileNetBackbone,
     # CPU-sized, for small canvases (`digits_seg`): see `HEADS`.
-    "tiny_resnet18": functools.partial(bb.TinyResNetBackbone, (32, 64, 128, 128), 2),
-    "tiny_resnet10": functools.partial(bb.TinyResNetBackbone, (16, 32, 64, 64), 1),
+    "tiny_resnet18": functools.partial(bb.TinyResNetBackbone, (32, 64, 128, 128), 2, 8),
+    "tiny_resnet10": functools.partial(bb.TinyResNetBackbone, (16, 32, 64, 64), 1, 8),
 }
 # The CPU-sized DeepLabV3+ for small canvases (the offline `digits_seg`): a narrow
-# ResNet at the release's output stride 16 (`deeplab_backbones.TinyResNetBackbone`; on a
-# 64 x 64 canvas ``high`` is 4 x 4 and ``low`` / the decoder map 16 x 16), ASPP and decoder
-# at 64 channels (low-level projection 16; the release: 256, 48) and ASPP rates 1/2/3 (the
-# release's 6/12/18 on its 33 x 33 map at crop 513; on a 4 x 4 map they would see only
-# zero padding beyond the centre tap). Teacher and student share the head's width, as
+# ResNet at output stride 8 (`deeplab_backbones.TinyResNetBackbone`; on a 48 x 48 canvas
+# ``high`` is 6 x 6 and ``low`` / the decoder map 12 x 12; at the release's 16 ``high``
+# would be 3 x 3, a digit less than two cells, where the release's 33 x 33 map at crop 513
+# gives a VOC object many), ASPP and decoder at 64 channels (low-level projection 16; the
+# release: 256, 48) and ASPP rates 1/2/3 (the release's 6/12/18 on its 33 x 33 map; on a
+# 6 x 6 map they would see only zero padding beyond the centre tap). Teacher and student share the head's width, as
 # the release's DeepLabs do (256), so the features FitNet-style methods match agree.
 _TINY_HEAD = {"aspp": {"width": 64, "dilations": (1, 2, 3)},
               "decoder": {"width": 64, "low_width": 16}}

@@ -321,6 +321,11 @@ class MobileNetBackbone(nn.Module):
 # ---- CPU-sized backbones for the offline `digits_seg` quickstart (not the release's) ----
 
 
+# Stage strides and dilations at each output stride, as the release's ResNets dilate:
+# at 16 the last stage is dilated 2 instead of strided; at 8 the last two, 2 and 4.
+_TINY_LAYOUT = {16: ((1, 2, 2, 1), (1, 1, 1, 2)), 8: ((1, 2, 1, 1), (1, 1, 2, 4))}
+
+
 class TinyResNetBackbone(nn.Module):
   """A narrow ResNet at output stride 16, for small canvases on a CPU.
 
@@ -337,21 +342,25 @@ class TinyResNetBackbone(nn.Module):
   """
   widths: Sequence[int]
   blocks: int
+  output_stride: int = 16
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, taps: bool = True
                ) -> tuple[list[jax.Array], jax.Array, jax.Array]:
-    """Maps (B, H, W, 3) to ``([feat1..feat4], high, low)``: strides 4, 8, 16, 16;
-    ``high`` = relu(feat4), ``low`` = relu(feat1)."""
+    """Maps (B, H, W, 3) to ``([feat1..feat4], high, low)``: strides 4, 8, 16, 16 (at
+    output stride 8: 4, 8, 8, 8); ``high`` = relu(feat4), ``low`` = relu(feat1)."""
     del taps
+    if self.output_stride not in _TINY_LAYOUT:
+      raise ValueError(f"output_stride={self.output_stride!r}; accepted: "
+                       f"{', '.join(map(str, _TINY_LAYOUT))}")
+    strides, dilations = _TINY_LAYOUT[self.output_stride]
     x = conv(self.widths[0], 3, 2, kernel_init=resnet_conv_init, dtype=self.dtype,
              name="conv1")(x)
     x = nn.relu(layers.batch_norm(train, dtype=self.dtype, name="bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     feats = []
-    for i, (width, stride, dilation) in enumerate(zip(self.widths, (1, 2, 2, 1),
-                                                      (1, 1, 1, 2)), 1):
+    for i, (width, stride, dilation) in enumerate(zip(self.widths, strides, dilations), 1):
       for j in range(1, self.blocks + 1):
         x = DilatedBasicBlock(width, stride if j == 1 else 1, dilation, dtype=self.dtype,
                               name=f"stage{i}_block{j}")(x, train)
