@@ -138,3 +138,11 @@ def test_voc_palette_and_the_grid_read_back_in_order():
   no_teacher = segmentation.prediction_grid(images, labels, student)
   assert no_teacher.shape[1] == 3 * (w + gap) - gap
   assert tuple(no_teacher[1, 2 * (w + gap) + 1]) == (192, 128, 128)
+  # The PNG of small canvases: each pixel a block, panels at least MIN_PANEL high.
+  big = segmentation.enlarged(grid, h)
+  factor = -(-segmentation.MIN_PANEL // h)
+  assert big.shape == (grid.shape[0] * factor, grid.shape[1] * factor, 3)
+  np.testing.assert_array_equal(big[::factor, ::factor], grid)
+  assert (big[:factor, :factor] == grid[0, 0]).all()
+  assert segmentation.enlarged(grid, segmentation.MIN_PANEL) is not None
+  np.testing.assert_array_equal(segmentation.enlarged(grid, 513), grid)

@@ -80,7 +80,10 @@ def test_segmentation_quickstart_runs_end_to_end(quickstart):
   assert table in printed
   for name in results:  # every segmentation run drew its pictures; the students' have a teacher column
     grid = np.asarray(Image.open(os.path.join(root, name, segmentation.PREDICTIONS_PNG)))
-    assert grid.shape == (4 * 66 - 2, (4 if name == "student_tat" else 3) * 66 - 2, 3)
+    # (64-pixel panels, 2-pixel gaps, each pixel a 3x3 block: panels >= MIN_PANEL)
+    assert grid.shape == (3 * (4 * 66 - 2), 3 * ((4 if name == "student_tat" else 3) * 66 - 2),
+                          3)
+    grid = grid[::3, ::3]
     # Ground truth panels are drawn in the palette: digits_seg's classes 0..10 or 255.
     palette = {tuple(c) for c in segmentation.voc_palette()[:11]} | {
         segmentation.IGNORE_COLOUR}
@@ -102,8 +105,8 @@ def test_tat_run_logs_its_terms_and_evaluates(quickstart):
   assert [r["step"] for r in rows if "eval/miou" in r] == [2]
   with open(os.path.join(wd, "config.json"), encoding="utf-8") as f:
     method = json.load(f)["method"]
-  assert (method["mode"], method["patch_grid"], method["heads"], method["anchor_grid"]) == (
-      "hierarchical", [4, 4], 4, [8, 8])
+  assert (method["mode"], method["patch_grid"], method["heads"], method["anchor_grid"],
+          method["weight"]) == ("hierarchical", [4, 4], 4, [6, 6], 0.005)
 
 
 def test_kill_and_resume_is_identical_and_four_devices_see_one_global_batch(

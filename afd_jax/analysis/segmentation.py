@@ -18,6 +18,8 @@ from afd_jax.analysis import AnalysisContext
 
 PREDICTIONS_PNG = "predictions.png"
 IGNORE_COLOUR = (224, 224, 192)
+# The smallest panel side of predictions.png, in pixels.
+MIN_PANEL = 160
 MAX_ROWS = 4
 _GAP = 2  # white pixels between panels
 
@@ -80,6 +82,13 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, student: np.ndarray,
   return grid
 
 
+def enlarged(grid: np.ndarray, side: int) -> np.ndarray:
+  """`grid` of panels `side` pixels high, each pixel repeated so that a panel is at
+  least `MIN_PANEL` pixels (small canvases stay legible; nearest, no blending)."""
+  factor = max(1, -(-MIN_PANEL // side))
+  return grid.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def save_png(path: str, grid: np.ndarray) -> None:
   """Writes a uint8 (H, W, 3) array as a PNG, atomically (a reader never sees half)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -104,4 +113,5 @@ def prediction_grid_hook(ctx: AnalysisContext) -> None:
   grid = prediction_grid(out["image"][keep], out["label"][keep], out["student"][keep],
                          None if out["teacher"] is None else out["teacher"][keep])
   ctx.writer.write_images(ctx.step, {"segmentation/predictions": grid[None]})
-  save_png(os.path.join(ctx.workdir, PREDICTIONS_PNG), grid)
+  save_png(os.path.join(ctx.workdir, PREDICTIONS_PNG),
+           enlarged(grid, out["label"].shape[1]))
