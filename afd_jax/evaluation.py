@@ -1,13 +1,12 @@
 """Evaluation of a model over the whole eval split, on the mesh.
 
-Classification: top-1 / top-5 and CE. Segmentation: a confusion matrix summed over every
-valid pixel of every eval image (each image once, padding masked out; the sums are
-reduced across devices and processes by the jitted step), then the TaT-seg release's
-``utils/metrics.py`` ``Evaluator`` scores (`segmentation_scores`).
+The dataset's task (`afd_jax.tasks`) gives the jitted step whose sums (each eval image
+once, padding masked out; reduced across devices and processes by the jitted step) are
+added over the split, and the metrics made of them: classification's top-1 / top-5 and
+CE; segmentation's confusion matrix over every valid pixel, scored as the TaT-seg
+release's ``utils/metrics.py`` ``Evaluator`` (`segmentation_scores`).
 """
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 
-from afd_jax import parallel, steps
+from afd_jax import parallel, tasks
 
 
 class Evaluator:
@@ -38,41 +37,27 @@ class Evaluator:
         self.dataset.eval_iterator(self.batch_size), 1, self.sharding))
 
   @property
-  def segmentation(self) -> bool:
-    return getattr(self.dataset.info, "task", "classification") == "segmentation"
+  def task(self) -> tasks.Task:
+    """The dataset's task."""
+    return tasks.get(getattr(self.dataset.info, "task", tasks.DEFAULT))
 
   @property
   def score(self) -> str:
-    """The metric that picks the best checkpoint: ``'miou'`` or ``'top1'``."""
-    return score_metric(self.segmentation)
+    """The metric that picks the best checkpoint (the task's, e.g. ``'top1'``)."""
+    return self.task.score
 
   def __call__(self, model: nn.Module, variables) -> dict[str, float]:
-    """Classification: ``{'top1', 'top5'}`` in percent and the mean CE ``'loss'`` over
-    the split. Segmentation: `segmentation_scores` of the summed confusion matrix (in
-    percent) and the mean per-pixel CE ``'loss'``."""
+    """The task's metrics over the split, ``'loss'`` and the score among them
+    (classification: ``{'top1', 'top5'}`` in percent and the mean CE; segmentation:
+    `segmentation_scores` of the summed confusion matrix and the mean per-pixel CE)."""
     if model not in self._steps:
-      fn = (functools.partial(steps.segmentation_eval_step, model,
-                              num_classes=self.dataset.info.num_classes)
-            if self.segmentation else functools.partial(steps.eval_step, model))
-      self._steps[model] = jax.jit(fn)
+      self._steps[model] = jax.jit(self.task.eval_step(model, self.dataset.info))
     step, totals = self._steps[model], None
     for batch in parallel.prefetch_to_device(self.dataset.eval_iterator(self.batch_size), 2,
                                              self.sharding):
       out = step(variables, batch)
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    totals = jax.device_get(totals)
-    if self.segmentation:
-      return dict(segmentation_scores(np.asarray(totals["confusion"], np.float64)),
-                  loss=float(totals["loss"] / max(float(totals["pixels"]), 1.0)))
-    n = max(float(totals["count"]), 1.0)
-    return {"top1": float(100.0 * totals["correct1"] / n),
-            "top5": float(100.0 * totals["correct5"] / n), "loss": float(totals["loss"] / n)}
-
-
-def score_metric(segmentation: bool) -> str:
-  """The metric a run of the task is scored by (and keeps its best checkpoint by):
-  ``'miou'`` for segmentation, else ``'top1'``."""
-  return "miou" if segmentation else "top1"
+    return self.task.eval_metrics(jax.device_get(totals))
 
 
 def segmentation_scores(confusion: np.ndarray) -> dict[str, float]:

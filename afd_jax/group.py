@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from afd_jax import (analysis, device_data, methods, metric_writer, models, multi_step,
-                     parallel, steps, train, train_state)
+from afd_jax import (analysis, device_data, methods, metric_writer, multi_step, parallel,
+                     steps, tasks, train, train_state)
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import comparison
 
@@ -340,7 +340,7 @@ def untraceable(members: tuple[Member, ...]) -> str | None:
   state = jax.eval_shape(functools.partial(train_state.create, nets, image_size=size),
                          jax.random.PRNGKey(0))
   b = config.batch_size
-  label_shape = (b, size, size) if models.is_segmentation(config.model.name) else (b,)
+  label_shape = tasks.of_model(config.model.name).label_shape(b, size)
   batch = {"image": jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct(label_shape, jnp.int32),
            "index": jax.ShapeDtypeStruct((b,), jnp.int32)}

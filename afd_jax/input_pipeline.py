@@ -19,9 +19,12 @@ of 16 per epoch).
 The eval split is cut into one part per process; batches are padded (``mask`` 0) so that
 every process yields the same number.
 
-Segmentation datasets (supervised label an `Image` (H, W, 1) of class ids, e.g. `voc_aug`,
-`cocostuff10k`, `digits_seg`) go through the same streams; their labels are (S, S) maps
-transformed with the image by `seg_transforms`, 255 (``ignore_label``) = no class.
+The dataset's task (`afd_jax.tasks`, named by its TFDS features) owns what differs: the
+preprocessing module, the label space, how an example becomes a pair and the padding's
+label. Segmentation datasets (supervised label an `Image` (H, W, 1) of class ids, e.g.
+`voc_aug`, `cocostuff10k`, `digits_seg`) go through the same streams; their labels are
+(S, S) maps transformed with the image by `seg_transforms`, 255 (``ignore_label``) = no
+class.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from afd_jax import device_data, seg_transforms, transforms
+from afd_jax import device_data, tasks, transforms
 from afd_jax.datasets import availability
 from afd_jax.datasets.availability import DatasetNotAvailableError
 
@@ -55,7 +58,8 @@ class DatasetInfo:
     num_train_examples: training examples (after the ``num_train_examples`` cap).
     num_eval_examples: examples in the eval split (after the ``num_eval_examples`` cap).
     image_size: side of the (square) images the pipeline yields (segmentation: the crop).
-    task: 'classification' (labels (b,)) or 'segmentation' (labels (b, S, S)).
+    task: the `afd_jax.tasks` name: 'classification' (labels (b,)), 'segmentation'
+      (labels (b, S, S)), or one registered beside them.
     ignore_label: the label value of "no class" pixels (segmentation; None otherwise).
   """
   name: str
@@ -115,9 +119,6 @@ def _open_builder(config_data) -> tuple[tfds.core.DatasetBuilder, str, str, str]
   if task is None:
     raise ValueError(f"Dataset {name!r} is neither an image-classification nor a "
                      f"semantic-segmentation dataset (supervised keys {keys}).")
-  if task == "segmentation" and "num_classes" not in (builder.info.metadata or {}):
-    raise ValueError(f"Segmentation dataset {name!r} has no 'num_classes' in its info "
-                     "metadata (see afd_jax/datasets/segmentation.py).")
   return builder, keys[0], keys[1], task
 
 
@@ -141,7 +142,9 @@ class Dataset:
   Args:
     config_data: reads ``name``, ``data_dir``, ``download``, ``train_split``,
       ``eval_split``, ``shuffle_buffer``, ``image_size`` and the optional
-      ``num_train_examples`` / ``num_eval_examples`` caps and ``input_shards``;
+      ``num_train_examples`` / ``num_eval_examples`` caps, ``input_shards`` and ``task``
+      (a registered `afd_jax.tasks` name to read the dataset as; unset: the task its
+      features name);
       segmentation also the optional ``base_size`` (the random scale's base),
       ``label_fill`` (label of the training crop's padding), unset the dataset's
       `seg_transforms.SegPreprocessing` defaults, and ``scale_range`` (the short side's
@@ -156,26 +159,13 @@ class Dataset:
   def __init__(self, config_data: ml_collections.ConfigDict):
     self.config = config_data
     self.builder, self.image_key, self.label_key, task = _open_builder(config_data)
-    segmenting = task == "segmentation"
-    self.preprocessing = (seg_transforms if segmenting else transforms).get_preprocessing(
-        config_data.name, config_data.get("augment"))
+    self.task = tasks.get(config_data.get("task") or task)
+    self.preprocessing = self.task.preprocessing_for(config_data.name,
+                                                     config_data.get("augment"))
     splits = self.builder.info.splits
     image_size = config_data.get("image_size") or self.preprocessing.default_image_size
-    if segmenting:
-      metadata = self.builder.info.metadata
-      num_classes = metadata["num_classes"]
-      ignore_label = metadata.get("ignore_label", seg_transforms.IGNORE_LABEL)
-      self.base_size = (config_data.get("base_size")
-                        or self.preprocessing.default_base_size)
-      fill = config_data.get("label_fill")
-      self.label_fill = self.preprocessing.label_fill if fill is None else fill
-      scale_range = config_data.get("scale_range")
-      self.scale_range = (seg_transforms.SCALE_RANGE if scale_range is None
-                          else seg_transforms.check_scale_range(scale_range))
-      seg_transforms.check_sizes(image_size, self.base_size, self.scale_range)
-    else:
-      num_classes = self.builder.info.features[self.label_key].num_classes
-      ignore_label = None
+    num_classes, ignore_label = self.task.data.open(self, self.builder, self.label_key,
+                                                    config_data, image_size)
 
     def count(split, cap):
       n = splits[split].num_examples
@@ -188,26 +178,15 @@ class Dataset:
                                  config_data.get("num_train_examples")),
         num_eval_examples=count(config_data.eval_split,
                                 config_data.get("num_eval_examples")),
-        image_size=image_size, task=task, ignore_label=ignore_label)
+        image_size=image_size, task=self.task.name, ignore_label=ignore_label)
     self._eval = {}
-
-  @property
-  def segmenting(self) -> bool:
-    return self.info.task == "segmentation"
 
   def _pair(self, ex, key=None) -> tuple[tf.Tensor, tf.Tensor]:
     """Normalised float32 (S, S, 3) image and int32 label (() or (S, S)) of a raw example:
     the training transform with stateless seed `key`, the eval transform without."""
     prep, size = self.preprocessing, self.info.image_size
-    image, label = ex[self.image_key], ex[self.label_key]
-    if self.segmenting:
-      image, label = (prep.eval(image, label, size) if key is None else
-                      prep.train(image, label, key, size, self.base_size, self.label_fill,
-                                 self.scale_range))
-      label = tf.ensure_shape(label, (size, size))
-    else:
-      image = prep.eval(image, size) if key is None else prep.train(image, key, size)
-      label = tf.cast(label, tf.int32)
+    image, label = self.task.data.pair(self, ex[self.image_key], ex[self.label_key], key,
+                                       size)
     image = transforms.normalise(image, prep.mean, prep.std)
     return tf.ensure_shape(image, (size, size, 3)), label
 
@@ -234,7 +213,8 @@ class Dataset:
 
   def _read(self, split, autocache: bool = True) -> tf.data.Dataset:
     """Raw examples (images, and label maps, still encoded) of `split` in stored order."""
-    encoded = (self.image_key, self.label_key) if self.segmenting else (self.image_key,)
+    encoded = (self.image_key,) + ((self.label_key,) if self.task.data.encoded_label
+                                   else ())
     ds = self.builder.as_dataset(
         split=split, shuffle_files=False, read_config=tfds.ReadConfig(
             try_autocache=autocache),
@@ -332,9 +312,9 @@ class Dataset:
     Raises:
       ValueError: a segmentation dataset (its labels are maps, not classes).
     """
-    if self.segmenting:
+    if self.task.label_shape(1, self.info.image_size) != (1,):
       raise ValueError(f"train_labels() is for classification: {self.info.name!r} is a "
-                       "segmentation dataset (per-pixel labels; no class per example).")
+                       f"{self.info.task} dataset (no class per example).")
     split = _capped(self.config.train_split, self.config.get("num_train_examples"))
     ds = self._read(split, autocache=False).map(
         lambda ex: tf.cast(ex[self.label_key], tf.int32))
@@ -364,8 +344,7 @@ class Dataset:
       image, label = self._pair(ex)
       return {"image": image, "label": label, "mask": tf.constant(1.0, tf.float32)}
 
-    no_label = (tf.fill((size, size), tf.constant(self.info.ignore_label, tf.int32))
-                if self.segmenting else tf.constant(0, tf.int32))
+    no_label = self.task.data.padding_label(self.info, size)
     padding = tf.data.Dataset.from_tensors({
         "image": tf.zeros((size, size, 3), tf.float32),
         "label": no_label,

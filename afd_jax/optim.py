@@ -54,14 +54,6 @@ def create_learning_rate_schedule(cfg: ml_collections.ConfigDict, base_lr: float
       [optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
 
 
-def _head_filter(model_name: str) -> Callable[[tuple[str, ...]], bool] | None:
-  """Whether a parameter path of `model_name` is in its head (None: no separate head)."""
-  if not models.is_segmentation(model_name):
-    return None
-  from afd_jax.models import deeplab  # pylint: disable=g-import-not-at-top
-  return deeplab.head_param_filter
-
-
 def optimizer_name(config_optim: ml_collections.ConfigDict) -> str:
   """``config.optim.name`` validated (``'sgd'`` when absent: runs written before it).
 
@@ -90,8 +82,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
     (``resnet18_from_resnet34_attn.yaml``: AdamW lr 0.0016 wd 5e-4).
 
   ``optim.head_lr_multiplier`` m != 1: the student's head (a DeepLabV3+'s ASPP and
-  decoder, `_head_filter`) trains at m× the learning rate, the backbone and the method's
-  parts at 1× — the segmentation releases' three SGD parameter groups
+  decoder, `models.head_param_filter`) trains at m× the learning rate, the backbone and
+  the method's parts at 1× — the segmentation releases' three SGD parameter groups
   (``get_1x_lr_params`` / ``get_10x_lr_params`` / the embeddings at 1×). With torch's SGD
   a group's lr scales its whole update (weight decay and momentum buffer included), so
   scaling the final update of those leaves is the same optimizer.
@@ -112,7 +104,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
                   nesterov=config.optim.nesterov))
   multiplier = config.optim.get("head_lr_multiplier", 1.0)
   if multiplier != 1.0:
-    is_head = _head_filter(config.model.name)
+    is_head = models.head_param_filter(config.model.name)
     if is_head is None:
       raise ValueError(f"config.optim.head_lr_multiplier={multiplier} needs a model with a "
                        f"separate head (a DeepLabV3+); model {config.model.name!r} has none: "

@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 
 from afd_jax import (checkpointing, device_data, faults, group, init_phase, methods,
-                     models, parallel, train, train_state, validation)
+                     parallel, tasks, train, train_state, validation)
 from afd_jax import plan_results
 from afd_jax import workdir as workdir_lib
 from afd_jax.analysis import comparison
@@ -387,7 +387,7 @@ def validate(plan: Plan, workdir: str, produced: set[str] | None = None
         out[run.name] = Checked(error=f"{type(e).__name__}: {e}")
         continue
       groupable = (plan.vmap and nets.distiller.init_phase is None
-                   and not models.is_segmentation(c.model.name)
+                   and tasks.of_model(c.model.name).seed_groups
                    and not c.model.get("init")
                    and device_data.choose_pipeline(c.data, dataset) == "device")
       out[run.name] = Checked(groupable=groupable)
@@ -439,7 +439,8 @@ def finished_result(config: ml_collections.ConfigDict, run_dir: str) -> dict | N
     result = json.load(f)
   lost_best = (os.path.isdir(os.path.join(run_dir, "checkpoints"))  # not a group member
                and not checkpointing.has_best(run_dir)
-               and max(result.get("best_top1", -1.0), result.get("best_miou", -1.0)) > -1.0)
+               and any(result.get(f"best_{t.score}", t.no_score) > t.no_score
+                       for t in map(tasks.get, tasks.names())))
   if lost_best or checkpointing.damaged_checkpoints(run_dir):
     return None
   return result

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from afd_jax import evaluation, parallel
+from afd_jax import parallel, tasks
 from afd_jax.analysis import comparison
 
 RESULTS = "results"  # <workdir>/results.{md,json,png}
@@ -30,8 +30,8 @@ def format_result(name: str, result: dict) -> str:
 
 
 def result_metric(result: dict) -> str:
-  """The `evaluation.score_metric` a finished run's result reports, read off its keys."""
-  return evaluation.score_metric("miou" in result or "best_miou" in result)
+  """The score of a finished run's task, read off its result (`tasks.of_result`)."""
+  return tasks.of_result(result).score
 
 
 def collect(plan, results: dict[str, dict]) -> dict[str, Any]:

@@ -23,9 +23,8 @@ import tqdm
 
 from afd_jax import (analysis, checkpointing, device_data, evaluation, faults, methods,
                      metric_writer, models, multi_step, parallel, pretrained, steps,
-                     train_state, validation)
+                     tasks, train_state, validation)
 from afd_jax import workdir as workdir_lib
-from afd_jax.analysis import segmentation
 from afd_jax.metric_writer import MetricWriter
 from afd_jax.workdir import validate_config  # noqa: F401  (re-exported)
 
@@ -44,7 +43,7 @@ class Run:
   meta: dict[str, Any]
   teacher_vars: Any
   probe: Any  # jitted steps.method_intermediates
-  predict: Any  # jitted steps.segmentation_predictions (segmentation pictures)
+  predict: Any  # the task's jitted predict (what its pictures draw), or None
   saved_seconds: float = 0.0  # train_seconds of the last checkpoint saved
   sampler: device_data.Sampler | None = None  # the device-resident path, or None
   train_data: Any = None  # its uint8 split on the devices
@@ -64,21 +63,20 @@ def open_dataset(config: ml_collections.ConfigDict, dataset=None):
   ``config.data``), checked against the models' task.
 
   Raises:
-    ValueError / DatasetNotAvailableError: an unknown or missing dataset, or a
-      segmentation model on a classification dataset (or the reverse).
+    ValueError / DatasetNotAvailableError: an unknown or missing dataset, or a model of
+      another task than the dataset's (a segmentation model on a classification dataset).
   """
   from afd_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   dataset = dataset or input_pipeline.Dataset(config.data)
-  segmentation_data = getattr(dataset.info, "task", "classification") == "segmentation"
+  data_task = getattr(dataset.info, "task", tasks.DEFAULT)
+  wanted = tasks.get(data_task).models
   for role, name in (("model", config.model.name), ("teacher", config.teacher.name)):
-    if name and models.is_segmentation(name) != segmentation_data:
+    if name and models.task_of(name) != wanted:
       raise ValueError(
-          f"config.{role}.name={name!r} is a "
-          f"{'segmentation' if models.is_segmentation(name) else 'classification'} model "
-          f"but dataset {config.data.name!r} is a "
-          f"{'segmentation' if segmentation_data else 'classification'} dataset; accepted: "
-          + ("the deeplabv3p_* models" if segmentation_data else
-             "the classification zoo (not deeplabv3p_*)"))
+          f"config.{role}.name={name!r} is a {models.task_of(name)} model but dataset "
+          f"{config.data.name!r} is a {data_task} dataset; accepted: the {wanted} "
+          "models (" + ", ".join(n for n in models.MODEL_NAMES
+                                 if models.task_of(n) == wanted) + ")")
   return dataset
 
 
@@ -165,8 +163,9 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
           config.teacher.name), replicated)
   probe = jax.jit(functools.partial(steps.method_intermediates, nets),
                   out_shardings=replicated)
-  predict = jax.jit(functools.partial(steps.segmentation_predictions, nets),
-                    out_shardings=replicated)
+  task = tasks.get(getattr(dataset.info, "task", tasks.DEFAULT))
+  predict = (None if task.predict is None else
+             jax.jit(functools.partial(task.predict, nets), out_shardings=replicated))
   return Run(config, workdir, mesh, dataset, steps_per_epoch, nets, ckpts, state, meta,
              teacher_vars, probe, predict, sampler=sampler, train_data=train_data,
              build=build)
@@ -177,14 +176,15 @@ def _best_as_saved(meta: dict[str, Any], workdir: str) -> None:
   aside as damaged, or deleted) records that there is none, so that the next evaluation
   saves one whatever its score."""
   saved = checkpointing.best_meta(workdir)
-  for key in ("best_top1", "best_miou"):
+  for task in map(tasks.get, tasks.names()):
+    key = f"best_{task.score}"
     if saved is not None and key in saved:
       meta[key] = saved[key]
-    elif saved is None and meta.get(key, -1.0) > -1.0:
+    elif saved is None and meta.get(key, task.no_score) > task.no_score:
       logging.warning("%s holds no checkpoint: the run's best %s %.2f is forgotten, and "
                       "its next evaluation saves a new best", os.path.join(workdir, "best"),
                       key[5:], meta[key])
-      meta[key] = -1.0
+      meta[key] = task.no_score
 
 
 def _best_from_final(run: Run, loop: "Loop") -> bool:
@@ -228,12 +228,11 @@ def _evaluate(run: Run, state, step: int, evaluate: evaluation.Evaluator,
                                              run.teacher_vars),
       is_chief=parallel.is_chief(),
       predictions=(lambda: run.predict(state, evaluate.first_batch(), run.teacher_vars))
-      if evaluate.segmentation else None)
-  hooks = run.nets.distiller.eval_hooks
-  for hook in hooks + ((segmentation.prediction_grid_hook,) if evaluate.segmentation else ()):
+      if run.predict is not None else None)
+  for hook in run.nets.distiller.eval_hooks + evaluate.task.pictures:
     hook(ctx)
-  score = evaluate.score  # top1, or mIoU for segmentation
-  if result[score] > run.meta.get(f"best_{score}", -1.0):
+  score = evaluate.score  # the task's: top1, or mIoU for segmentation
+  if result[score] > run.meta.get(f"best_{score}", evaluate.task.no_score):
     run.meta[f"best_{score}"] = result[score]
     run.ckpts.save_best(step, state, dict(run.meta, epoch=step / run.steps_per_epoch),
                         result[score])
@@ -435,9 +434,9 @@ def _result(run: Run, step: int, segment_start: float | None, rewrite: bool = Fa
   meta = run.meta
   # As saved with the final checkpoint, so that a rerun reports the very same number.
   seconds = run.saved_seconds if segment_start else meta["train_seconds"]
-  score = evaluation.score_metric(
-      getattr(run.dataset.info, "task", "classification") == "segmentation")
-  result = {"step": step, f"best_{score}": meta.get(f"best_{score}", -1.0),
+  task = tasks.get(getattr(run.dataset.info, "task", tasks.DEFAULT))
+  score = task.score
+  result = {"step": step, f"best_{score}": meta.get(f"best_{score}", task.no_score),
             "train_seconds": seconds,
             **{k: v for k, v in meta.get("last_eval", {}).items()
                if k not in ("step", "loss")}}

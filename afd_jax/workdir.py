@@ -17,7 +17,7 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from afd_jax import methods, models, multi_step, validation
+from afd_jax import methods, models, multi_step, tasks, validation
 
 CONFIG_FILE, HISTORY_FILE, RESULT_FILE = "config.json", "config_history.jsonl", "result.json"
 # Fields that change what is logged or when the run stops, never what it computes.
@@ -181,10 +181,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       and not config.teacher.checkpoint and not config.teacher.get("random_init")):
     raise ValueError(f"config.teacher.checkpoint is empty but method "
                      f"{config.method.name!r} distils from teacher {config.teacher.name!r}")
-  if config.get("seeds") and models.is_segmentation(config.model.name):
-    raise ValueError(f"config.seeds={tuple(config.seeds)} is not supported for segmentation "
-                     f"model {config.model.name!r} yet; accepted: None (run one workdir "
-                     "per seed with config.seed)")
+  if config.get("seeds") and not tasks.of_model(config.model.name).seed_groups:
+    raise ValueError(f"config.seeds={tuple(config.seeds)} is not supported for "
+                     f"{models.task_of(config.model.name)} model {config.model.name!r} yet; "
+                     "accepted: None (run one workdir per seed with config.seed)")
   if config.model.get("init"):
     from afd_jax import pretrained  # pylint: disable=g-import-not-at-top
     pretrained.check_init_path(config.model.init)

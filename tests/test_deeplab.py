@@ -128,11 +128,11 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
 
 
-def test_registry_names_and_segmentation_flag():
+def test_registry_names_and_their_task():
   for name in NAMES:
-    assert name in models.MODEL_NAMES and models.is_segmentation(name)
-  assert not models.is_segmentation("resnet18_imagenet")
-  assert not models.is_segmentation("MobileNetV2")
+    assert name in models.MODEL_NAMES and models.task_of(name) == "segmentation"
+  assert models.task_of("resnet18_imagenet") == "classification"
+  assert models.task_of("MobileNetV2") == "classification"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -374,7 +374,7 @@ TINY = {
 def test_tiny_deeplabs_sow_the_release_features_at_os8(name):
   total, stages = TINY[name]
   model = models.get_model(name, NUM_CLASSES)
-  assert models.is_segmentation(name)
+  assert models.task_of(name) == "segmentation"
 
   def init_and_extract(x):
     variables = model.init(jax.random.key(0), x, train=False)

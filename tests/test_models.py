@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from afd_jax.models import MODEL_NAMES, feature_list, get_model, is_segmentation
+from afd_jax.models import MODEL_NAMES, feature_list, get_model, task_of
 from afd_jax.models.shufflenet import channel_shuffle
 
 
@@ -61,7 +61,8 @@ BLOCKS_PER_STAGE = {
 # Image classifiers; the segmentation models and the DeepLab backbones as classifiers
 # (``*_classifier``) are specified in test_deeplab.py.
 CLASSIFIER_NAMES = tuple(n for n in MODEL_NAMES
-                         if not is_segmentation(n) and not n.endswith("_classifier"))
+                         if task_of(n) == "classification"
+                         and not n.endswith("_classifier"))
 
 
 def _input_size(name):

@@ -21,7 +21,8 @@ import torch_models
 # models and the DeepLab backbones as classifiers, which have no PyTorch original:
 # test_deeplab.py).
 CLASSIFIERS = tuple(n for n in models.MODEL_NAMES
-                    if not models.is_segmentation(n) and not n.endswith("_classifier"))
+                    if models.task_of(n) == "classification"
+                    and not n.endswith("_classifier"))
 NUM_CLASSES = 10
 # Batch-2 forwards of small models: more threads only contend with the other xdist worker.
 torch.set_num_threads(1)

@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 import numpy as np
 from scipy import stats
 
+from afd_jax import tasks
+
 TEACHER, BASELINE = "teacher", "none"
 DASH = "–"
 # ``paper(dataset, method, model, teacher) -> (top-1, source) | None``.
@@ -172,9 +174,6 @@ def _label(method: str) -> str:
   return {TEACHER: "teacher", BASELINE: "none (student alone)"}.get(method, method)
 
 
-SCORE_LABELS = {"top1": "top-1", "miou": "mIoU"}
-
-
 def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = None,
                score: str = "top1") -> str:
   """One pair's Markdown table: method, model, score and best score (mean ± std over
@@ -183,7 +182,7 @@ def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = N
   `score`: ``'top1'`` or ``'miou'`` (the runs' values are under ``top1``/``best_top1``
   either way)."""
   rows = summarize(dataset, pair, paper)
-  name = SCORE_LABELS[score]
+  name = tasks.of_score(score).score_label
   lines = [f"| method | model | {name} (%) | best {name} (%) | Δ vs none | seeds | "
            f"paper {name} (%) |", "|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -201,8 +200,9 @@ def pair_table(dataset: str, pair: dict[str, Any], paper: PaperLookup | None = N
 def markdown(results: dict[str, Any], paper: PaperLookup | None = None) -> str:
   """The whole comparison: one section and table per pair (see `pair_table`)."""
   dataset, score = results["dataset"], results.get("score", "top1")
+  label = tasks.of_score(score).score_label
   parts = [f"## Comparison on {dataset}", "",
-           f"{SCORE_LABELS[score]}: the final evaluation of each run; best: the best "
+           f"{label}: the final evaluation of each run; best: the best "
            "evaluation during training; mean ± std (ddof 1) over seeds. Δ vs none: the "
            "mean's difference to the student alone ± its standard error; "
            f"{MARK} where Welch's two-sided t-test over the seeds gives p < "
@@ -242,6 +242,7 @@ def comparison_figure(results: dict[str, Any], paper: PaperLookup | None = None)
   that differences of a point stay visible.
   """
   pairs = results["pairs"]
+  label = tasks.of_score(results.get("score", "top1")).score_label
   widths = [max(3.0, 0.75 * len(p["runs"]) + 1.0) for p in pairs] or [3.0]
   fig = Figure(figsize=(sum(widths), 4.2), dpi=100)
   FigureCanvasAgg(fig)
@@ -274,11 +275,10 @@ def comparison_figure(results: dict[str, Any], paper: PaperLookup | None = None)
                 va="center", fontsize=9, color="tab:red")
     ax.set_xticks(x, labels=[r.method for r in rows], rotation=45, ha="right")
     ax.set(title=pair_title(pair),
-           ylabel=f"{SCORE_LABELS[results.get('score', 'top1')]} (%)")
+           ylabel=f"{label} (%)")
     if marked:
       ax.legend(fontsize=7, loc="best")
-  fig.suptitle(f"{results['dataset']}: mean "
-               f"{SCORE_LABELS[results.get('score', 'top1')]} over seeds", fontsize=10)
+  fig.suptitle(f"{results['dataset']}: mean {label} over seeds", fontsize=10)
   fig.tight_layout()
   return fig
 

@@ -26,7 +26,7 @@ def _family(model_name: str) -> str:
                      f"{', '.join(models.MODEL_NAMES)}.")
   if model_name == "deeplabv3p_mobilenetv2":
     return "deeplab_mobilenet"
-  if models.is_segmentation(model_name):
+  if model_name.startswith("deeplabv3p_"):
     return "deeplab_resnet"
   if model_name.endswith("_imagenet"):
     return "torchvision"

@@ -17,7 +17,7 @@ Families and their stages (each module docstring has the details):
 * ``MobileNetV2`` (`mobilenet_v2.py`, width 0.5): 4 stages as CRD's feature taps.
 * ``ShuffleV1``, ``ShuffleV2`` (`shufflenet.py`): 3 stages.
 
-Segmentation (``is_segmentation(name)``): ``deeplabv3p_resnet101`` (teacher),
+Segmentation (``task_of(name) == 'segmentation'``): ``deeplabv3p_resnet101`` (teacher),
 ``deeplabv3p_resnet18``, ``deeplabv3p_mobilenetv2`` (`deeplab.py`, the TaT segmentation
 release's DeepLabV3+ at output stride 16) map (B, H, W, 3) to per-pixel float32 logits
 (B, H, W, num_classes) and sow ``stage1..4.out``, ``aspp``, ``decoder``;
@@ -44,7 +44,7 @@ from afd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from afd_jax.models.vgg import vgg
 from afd_jax.models.wide_resnet import WideResNet
 
-__all__ = ["MODEL_NAMES", "feature_list", "get_model", "is_segmentation"]
+__all__ = ["MODEL_NAMES", "feature_list", "get_model", "head_param_filter", "task_of"]
 
 _p = functools.partial
 # Each constructor takes (num_classes, dtype=..., **model-specific attributes).
@@ -95,7 +95,8 @@ def get_model(name: str, num_classes: int, dtype: Any = jnp.float32,
 
   Returns:
     a module applied as ``model.apply(variables, x, train=...)`` with x (B, H, W, 3),
-    giving logits (B, num_classes), or (B, H, W, num_classes) if `is_segmentation`.
+    giving logits (B, num_classes), or (B, H, W, num_classes) for a segmentation model
+    (`task_of`).
 
   Raises:
     ValueError: for an unknown name; the message lists the accepted names.
@@ -106,6 +107,20 @@ def get_model(name: str, num_classes: int, dtype: Any = jnp.float32,
   return _REGISTRY[name](num_classes, dtype=dtype, **kwargs)
 
 
-def is_segmentation(name: str) -> bool:
-  """Whether model ``name`` is a segmentation model (per-pixel logits (B, H, W, K))."""
-  return name in _SEGMENTATION
+def task_of(name: str) -> str:
+  """The `afd_jax.tasks` name of model ``name``'s outputs: ``'segmentation'`` (per-pixel
+  logits (B, H, W, K)) or ``'classification'`` (logits (B, K)).
+
+  Raises:
+    ValueError: for an unknown name; the message lists the accepted names.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(
+        f"Unknown model name {name!r}; accepted names: {', '.join(MODEL_NAMES)}.")
+  return "segmentation" if name in _SEGMENTATION else "classification"
+
+
+def head_param_filter(name: str) -> Callable[[tuple[str, ...]], bool] | None:
+  """Whether a parameter path of model ``name`` is in its head (the DeepLabs' ASPP and
+  decoder, `deeplab.head_param_filter`), or None: the model has no separate head."""
+  return deeplab.head_param_filter if name in _SEGMENTATION else None
