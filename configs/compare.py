@@ -23,8 +23,8 @@ Arguments (``,``-separated; lists ``+``-separated):
   configs/cifar100/<method>.py, else baselines.py, for a method);
 * ``methods``: method names (default ``kd+at+afd``), or ``all`` (every registered method
   that distils); the student alone and the teacher are always rows;
-* ``pairs``: ``<teacher>:<student>`` items (default ``resnet20:resnet8`` on digits,
-  ``wrn_40_2:wrn_16_2`` on cifar100);
+* ``pairs``: ``<teacher>:<student>`` items (default the quickstart's ``resnet14:resnet8``
+  on digits, ``wrn_40_2:wrn_16_2`` on cifar100);
 * ``seeds``: e.g. ``0+1+2`` (default ``0``);
 * ``teacher_checkpoint``: a teacher run, ``{teacher}`` standing for the pair's teacher
   (default: the plan trains it);

@@ -217,15 +217,15 @@ def test_cifar100_plan_pairs_rows_teachers_and_published_numbers():
 
 
 def test_digits_plan_trains_the_teacher_once_with_the_first_seed():
-  c = load("compare.py", "methods=kd,seeds=3+4,vmap")
+  c = load("compare.py", "methods=kd,seeds=3+4,vmap")  # the quickstart's pair by default
   p = plan.from_config(c)
   assert [(r.name, r.config.seed, r.needs) for r in p.runs] == [
-      ("resnet20", 3, ()), ("resnet20-resnet8/none/seed_3", 3, ()),
-      ("resnet20-resnet8/none/seed_4", 4, ()),
-      ("resnet20-resnet8/kd/seed_3", 3, ("resnet20",)),
-      ("resnet20-resnet8/kd/seed_4", 4, ("resnet20",))]
-  assert p.runs[0].pairs == (("resnet20", "resnet8"),) and p.vmap
-  assert p.runs[-1].config.teacher.checkpoint == "{workdir}/resnet20"
+      ("resnet14", 3, ()), ("resnet14-resnet8/none/seed_3", 3, ()),
+      ("resnet14-resnet8/none/seed_4", 4, ()),
+      ("resnet14-resnet8/kd/seed_3", 3, ("resnet14",)),
+      ("resnet14-resnet8/kd/seed_4", 4, ("resnet14",))]
+  assert p.runs[0].pairs == (("resnet14", "resnet8"),) and p.vmap
+  assert p.runs[-1].config.teacher.checkpoint == "{workdir}/resnet14"
   assert p.paper is None  # digits: nothing published
 
 
