@@ -26,7 +26,7 @@ from afd_jax import (analysis, checkpointing, device_data, evaluation, faults, m
                      tasks, train_state, validation)
 from afd_jax import workdir as workdir_lib
 from afd_jax.metric_writer import MetricWriter
-from afd_jax.workdir import validate_config  # noqa: F401  (re-exported)
+from afd_jax.validation import validate_config  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass

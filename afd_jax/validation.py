@@ -2,6 +2,8 @@
 
 * `smallest_image_size`: each model's smallest input, its measured total stride.
 * `check_method`: every method field against the range declared beside its default.
+* `validate_config`: the values a run cannot start with (batch sizes against the mesh,
+  optimizer and schedule ranges, the method, the teacher checkpoint's presence).
 * `check_run`: the checks that need the opened dataset (image sizes against the models,
   the teacher checkpoint readable and of the teacher's architecture), run before a
   workdir is bound to a config (`workdir.check_config`), so that a failed start leaves
@@ -16,7 +18,7 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
-from afd_jax import methods, models, train_state
+from afd_jax import methods, models, multi_step, tasks, train_state
 from afd_jax.methods import ranges
 
 # Measuring from this input side up: the smallest image's regime (VGG pools before its
@@ -100,6 +102,48 @@ def _abstract_teacher(name: str, num_classes: int, image_size: int):
   model = models.get_model(name, num_classes)
   return jax.eval_shape(functools.partial(model.init, train=False),
                         jax.random.PRNGKey(0), train_state.dummy_batch(image_size))
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Clear errors for settings that cannot run, before anything is built."""
+  for field in ("batch_size", "eval_batch_size"):
+    value = config[field]
+    if value <= 0 or value % num_devices:
+      raise ValueError(f"config.{field}={value} must be a positive multiple of the "
+                       f"{num_devices} devices in the mesh (the batch is split evenly "
+                       "across them)")
+  checks = [("optim.lr", config.optim.lr, lambda v: v > 0, "> 0"),
+            ("optim.weight_decay", config.optim.weight_decay, lambda v: v >= 0, ">= 0"),
+            ("optim.momentum", config.optim.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("schedule.num_epochs", config.schedule.num_epochs, lambda v: v > 0, "> 0"),
+            ("schedule.warmup_epochs", config.schedule.warmup_epochs,
+             lambda v: 0 <= v <= config.schedule.num_epochs, "in [0, num_epochs]"),
+            ("logging.keep_checkpoints", config.logging.keep_checkpoints,
+             lambda v: v >= 1, ">= 1"),
+            ("max_steps", config.max_steps, lambda v: v is None or v > 0, "> 0 or None"),
+            ("data.image_size", config.data.image_size, lambda v: v is None or v > 0,
+             "> 0 (or None for the dataset's default)")]
+  for name, value, ok, accepted in checks:
+    if not ok(value):
+      raise ValueError(f"config.{name}={value!r} is out of range; accepted: {accepted}")
+  multi_step.steps_per_dispatch(config)
+  methods.resolve(config.method)  # unknown method or field: the accepted ones are listed
+  check_method(config.method)  # every field within its range
+  if (config.teacher.name and methods.needs_teacher(config.method.name)
+      and not config.teacher.checkpoint and not config.teacher.get("random_init")):
+    raise ValueError(f"config.teacher.checkpoint is empty but method "
+                     f"{config.method.name!r} distils from teacher {config.teacher.name!r}")
+  if config.get("seeds") and not tasks.of_model(config.model.name).seed_groups:
+    raise ValueError(f"config.seeds={tuple(config.seeds)} is not supported for "
+                     f"{models.task_of(config.model.name)} model {config.model.name!r} yet; "
+                     "accepted: None (run one workdir per seed with config.seed)")
+  if config.model.get("init"):
+    from afd_jax import pretrained  # pylint: disable=g-import-not-at-top
+    pretrained.check_init_path(config.model.init)
+  head = config.optim.get("head_lr_multiplier", 1.0)
+  if not head > 0:
+    raise ValueError(f"config.optim.head_lr_multiplier={head!r} is out of range; "
+                     "accepted: > 0")
 
 
 def check_run(config: ml_collections.ConfigDict, dataset) -> None:

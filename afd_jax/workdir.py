@@ -17,7 +17,7 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from afd_jax import methods, models, multi_step, tasks, validation
+from afd_jax import methods
 
 CONFIG_FILE, HISTORY_FILE, RESULT_FILE = "config.json", "config_history.jsonl", "result.json"
 # Fields that change what is logged or when the run stops, never what it computes.
@@ -150,45 +150,3 @@ def write_result(workdir: str, result: dict[str, Any]) -> None:
       if json.load(f) == json.loads(json.dumps(result)):
         return
   _write_json(path, result)
-
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Clear errors for settings that cannot run, before anything is built."""
-  for field in ("batch_size", "eval_batch_size"):
-    value = config[field]
-    if value <= 0 or value % num_devices:
-      raise ValueError(f"config.{field}={value} must be a positive multiple of the "
-                       f"{num_devices} devices in the mesh (the batch is split evenly "
-                       "across them)")
-  checks = [("optim.lr", config.optim.lr, lambda v: v > 0, "> 0"),
-            ("optim.weight_decay", config.optim.weight_decay, lambda v: v >= 0, ">= 0"),
-            ("optim.momentum", config.optim.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("schedule.num_epochs", config.schedule.num_epochs, lambda v: v > 0, "> 0"),
-            ("schedule.warmup_epochs", config.schedule.warmup_epochs,
-             lambda v: 0 <= v <= config.schedule.num_epochs, "in [0, num_epochs]"),
-            ("logging.keep_checkpoints", config.logging.keep_checkpoints,
-             lambda v: v >= 1, ">= 1"),
-            ("max_steps", config.max_steps, lambda v: v is None or v > 0, "> 0 or None"),
-            ("data.image_size", config.data.image_size, lambda v: v is None or v > 0,
-             "> 0 (or None for the dataset's default)")]
-  for name, value, ok, accepted in checks:
-    if not ok(value):
-      raise ValueError(f"config.{name}={value!r} is out of range; accepted: {accepted}")
-  multi_step.steps_per_dispatch(config)
-  methods.resolve(config.method)  # unknown method or field: the accepted ones are listed
-  validation.check_method(config.method)  # every field within its range
-  if (config.teacher.name and methods.needs_teacher(config.method.name)
-      and not config.teacher.checkpoint and not config.teacher.get("random_init")):
-    raise ValueError(f"config.teacher.checkpoint is empty but method "
-                     f"{config.method.name!r} distils from teacher {config.teacher.name!r}")
-  if config.get("seeds") and not tasks.of_model(config.model.name).seed_groups:
-    raise ValueError(f"config.seeds={tuple(config.seeds)} is not supported for "
-                     f"{models.task_of(config.model.name)} model {config.model.name!r} yet; "
-                     "accepted: None (run one workdir per seed with config.seed)")
-  if config.model.get("init"):
-    from afd_jax import pretrained  # pylint: disable=g-import-not-at-top
-    pretrained.check_init_path(config.model.init)
-  head = config.optim.get("head_lr_multiplier", 1.0)
-  if not head > 0:
-    raise ValueError(f"config.optim.head_lr_multiplier={head!r} is out of range; "
-                     "accepted: > 0")
