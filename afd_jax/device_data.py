@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from afd_jax import parallel, transforms
+from afd_jax import parallel, tasks, transforms
 
 PIPELINES = ("tfdata", "device", "auto")
 LAST_BATCH = ("drop", "train")
@@ -209,11 +209,12 @@ def choose_pipeline(config_data: ml_collections.ConfigDict, dataset,
   if mode not in PIPELINES:
     raise ValueError(f"config.data.pipeline={mode!r}; accepted: {', '.join(PIPELINES)}")
   task = getattr(dataset.info, "task", "classification")
-  if task != "classification":
+  if not tasks.get(task).device_data:
     if mode == "device":
+      able = ", ".join(n for n in tasks.names() if tasks.get(n).device_data)
       raise ValueError(f"config.data.pipeline='device' cannot hold {config_data.name!r}: "
                        f"it is a {task} dataset and device-resident data is for "
-                       "classification only; use 'tfdata' or 'auto'")
+                       f"{able} only; use 'tfdata' or 'auto'")
     return "tfdata"
   if mode == "tfdata":
     return mode

@@ -41,6 +41,8 @@ class Task:
     pictures: analysis hooks ``hook(ctx)`` run after every evaluation.
     seed_groups: whether runs of the task train as a vmapped group (``config.seeds``,
       a plan's ``vmap``).
+    device_data: whether its train split may be device-resident (`afd_jax.device_data`:
+      one label per image, pad-crop-flip drawn in the step).
     no_score: the best score recorded while a run has none (below every real score).
     model_task: the task whose models' outputs this task reads (None: its own name; a
       regression read off a classifier's logits: ``'classification'``).
@@ -56,6 +58,7 @@ class Task:
   predict: Callable[..., dict] | None = None
   pictures: tuple[Callable[..., None], ...] = ()
   seed_groups: bool = True
+  device_data: bool = True
   no_score: float = -1.0
   model_task: str | None = None
 

@@ -83,4 +83,4 @@ TASK = tasks.Task(
     data=tasks.DataHooks(open=open_data, pair=pair, encoded_label=True,
                          padding_label=padding_label),
     predict=steps.segmentation_predictions, pictures=(pictures.prediction_grid_hook,),
-    seed_groups=False)
+    seed_groups=False, device_data=False)
