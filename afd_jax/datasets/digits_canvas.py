@@ -28,6 +28,15 @@ DIGIT_SIDES = (20, 30)
 SEED = 2025
 
 
+def _example(rng: np.random.Generator, ink: np.ndarray, labels: np.ndarray,
+             pool: np.ndarray, split: str, i: int) -> dict:
+  del split, i
+  image, label = digits_seg.render(rng, ink, labels, pool, canvas=CANVAS, max_digits=1,
+                                   sides=DIGIT_SIDES)
+  digit = label[(label != 0) & (label != 255)]
+  return {"image": image, "label": int(np.bincount(digit).argmax()) - 1}
+
+
 class DigitsCanvas(tfds.core.GeneratorBasedBuilder):
   """One sklearn digit on a textured 32×32 canvas, 10 classes."""
 
@@ -43,16 +52,10 @@ class DigitsCanvas(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Both splits drawn from the bundled glyphs (nothing is downloaded)."""
     del dl_manager
-    ink, labels, pools = digits_seg._glyphs()  # pylint: disable=protected-access
-    return {split: self._generate_examples(split, ink, labels, pools[split])
-            for split in SPLIT_SIZES}
+    return {split: self._generate_examples(examples)
+            for split, examples in digits_seg.drawn_splits(SEED, SPLIT_SIZES, _example).items()}
 
-  def _generate_examples(self, split: str, ink: np.ndarray, labels: np.ndarray,
-                         pool: np.ndarray) -> Iterator[tuple[int, dict]]:
-    """Yields (index, example) of the split's canvases, drawn in order."""
-    rng = np.random.default_rng([SEED, list(SPLIT_SIZES).index(split)])
-    for i in range(SPLIT_SIZES[split]):
-      image, label = digits_seg.render(rng, ink, labels, pool, canvas=CANVAS, max_digits=1,
-                                       sides=DIGIT_SIDES)
-      digit = label[(label != 0) & (label != 255)]
-      yield i, {"image": image, "label": int(np.bincount(digit).argmax()) - 1}
+  def _generate_examples(self, examples: Iterator[tuple[int, dict]]
+                         ) -> Iterator[tuple[int, dict]]:
+    """Yields the split's (index, example) pairs, drawn in order."""
+    yield from examples

@@ -19,7 +19,7 @@ train on a CPU in minutes. Built from data shipped with scikit-learn: prepares o
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -97,6 +97,31 @@ def render(rng: np.random.Generator, ink: np.ndarray, labels: np.ndarray,
   return np.round(image).astype(np.uint8), label
 
 
+Draw = Callable[[np.random.Generator, np.ndarray, np.ndarray, np.ndarray, str, int], dict]
+
+
+def drawn_splits(seed: int, sizes: dict[str, int], draw: Draw
+                 ) -> dict[str, Iterator[tuple[int, dict]]]:
+  """Each split's ``(index, example)`` stream, drawn in order from its own generator
+  (``default_rng([seed, position of the split in sizes])``) with `digits`' glyphs of that
+  split: ``draw(rng, ink, labels, pool, split, index) -> example``."""
+  ink, labels, pools = _glyphs()
+
+  def examples(split: str) -> Iterator[tuple[int, dict]]:
+    rng = np.random.default_rng([seed, list(sizes).index(split)])
+    for i in range(sizes[split]):
+      yield i, draw(rng, ink, labels, pools[split], split, i)
+
+  return {split: examples(split) for split in sizes}
+
+
+def _example(rng: np.random.Generator, ink: np.ndarray, labels: np.ndarray,
+             pool: np.ndarray, split: str, i: int) -> dict:
+  image, label = render(rng, ink, labels, pool)
+  return segmentation.example(f"{split}_{i:04d}", image, label, NUM_CLASSES,
+                              f"digits_seg {split} #{i}")
+
+
 class DigitsSeg(tfds.core.GeneratorBasedBuilder):
   """1–2 sklearn digits on a textured 48×48 canvas, per-pixel labels, 11 classes."""
 
@@ -114,15 +139,10 @@ class DigitsSeg(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Both splits generated from the bundled glyphs (nothing is downloaded)."""
     del dl_manager
-    ink, labels, pools = _glyphs()
-    return {split: self._generate_examples(split, ink, labels, pools[split])
-            for split in SPLIT_SIZES}
+    return {split: self._generate_examples(examples)
+            for split, examples in drawn_splits(SEED, SPLIT_SIZES, _example).items()}
 
-  def _generate_examples(self, split: str, ink: np.ndarray, labels: np.ndarray,
-                         pool: np.ndarray) -> Iterator[tuple[int, dict]]:
-    """Yields (index, example) of the split's canvases, drawn in order."""
-    rng = np.random.default_rng([SEED, list(SPLIT_SIZES).index(split)])
-    for i in range(SPLIT_SIZES[split]):
-      image, label = render(rng, ink, labels, pool)
-      yield i, segmentation.example(f"{split}_{i:04d}", image, label, NUM_CLASSES,
-                                    f"digits_seg {split} #{i}")
+  def _generate_examples(self, examples: Iterator[tuple[int, dict]]
+                         ) -> Iterator[tuple[int, dict]]:
+    """Yields the split's (index, example) pairs, drawn in order."""
+    yield from examples
